@@ -1,0 +1,149 @@
+"""Quality benchmark: pyro_vae against the Pyro tutorial's VAE, at equal epoch budgets.
+
+The reference ("peer") is the VAE of Pyro's introductory tutorial, re-implemented here on its own:
+784-400-50 softplus MLPs, Bernoulli likelihood, ``SVI`` with ``Trace_ELBO`` and ``pyro.optim.Adam(1e-3)``,
+batch 256. Every configuration trains on dynamically binarized images and is scored on a statically
+binarized test set: test ELBO and importance-sampled log p(x) with K samples, in nats per image.
+
+    python benchmarks/quality.py --dataset mnist5k --epochs 100            # (a) in the issue
+    python benchmarks/quality.py --dataset fashion-mnist --epochs 50       # (b), needs dataset-fashion-mnist
+    CI=1 python benchmarks/quality.py                                      # smoke mode: seconds
+
+Prints a table and writes JSON (``--json``, default ``benchmarks/results/quality-<dataset>.json``).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+from torch import nn
+
+import pyro
+import pyro.distributions as dist
+from pyro.infer import SVI, Trace_ELBO
+from pyro.optim import Adam
+
+import pyro_vae as pv
+
+
+class TutorialVAE(nn.Module):
+    """The Pyro tutorial's VAE: 784-400-z_dim encoder and z_dim-400-784 decoder, softplus, exp scale."""
+
+    def __init__(self, z_dim=50, hidden_dim=400):
+        super().__init__()
+        self.fc1, self.fc21, self.fc22 = nn.Linear(784, hidden_dim), nn.Linear(hidden_dim, z_dim), \
+            nn.Linear(hidden_dim, z_dim)
+        self.fc3, self.fc4 = nn.Linear(z_dim, hidden_dim), nn.Linear(hidden_dim, 784)
+        self.z_dim = z_dim
+        self.image_shape = (1, 28, 28)
+
+    def encode(self, x):
+        h = nn.functional.softplus(self.fc1(x.flatten(-3)))
+        return self.fc21(h), torch.exp(self.fc22(h))
+
+    def decode_logits(self, z):
+        return self.fc4(nn.functional.softplus(self.fc3(z))).unflatten(-1, self.image_shape)
+
+    def model(self, x, y=None):
+        pyro.module("peer", self)
+        with pyro.plate("data", x.shape[-4]):
+            loc = x.new_zeros(x.shape[-4], self.z_dim)
+            z = pyro.sample("z", dist.Normal(loc, torch.ones_like(loc)).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.decode_logits(z), validate_args=False).to_event(3), obs=x)
+
+    def guide(self, x, y=None):
+        pyro.module("peer", self)
+        with pyro.plate("data", x.shape[-4]):
+            loc, scale = self.encode(x)
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+
+def train_peer(train, epochs, seed, device):
+    """The tutorial's own loop: SVI.step per mini-batch of 256."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    peer = TutorialVAE().to(device)
+    svi = SVI(peer.model, peer.guide, Adam({"lr": 1e-3}), loss=Trace_ELBO())
+    data = train.to(device)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for x, _ in data.batches(256, generator=generator):
+            svi.step(x)
+    return peer
+
+
+def configurations():
+    """name -> (builder(image_shape) -> VAE, fit keyword arguments)."""
+    return {
+        "pyro_vae default": (lambda shape: pv.VAE(image_shape=shape), {}),
+        "pyro_vae conv": (lambda shape: pv.VAE(
+            image_shape=shape, latent_dim=32,
+            encoder=pv.networks.ConvEncoder(shape, 32), decoder=pv.networks.ConvDecoder(shape, 32)), {}),
+    }
+
+
+def score(vae, test, num_samples):
+    return {"test_elbo": pv.evaluate.elbo(vae, test)["elbo"],
+            "log_px": pv.evaluate.log_likelihood(vae, test, num_samples=num_samples)}
+
+
+def main(argv=None):
+    smoke = bool(os.environ.get("CI"))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="mnist5k")
+    parser.add_argument("--epochs", type=int, default=2 if smoke else 100)
+    parser.add_argument("--num-samples", type=int, default=20 if smoke else 1000, help="K for log p(x)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--configs", nargs="*", default=None, help="subset of configuration names")
+    parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--limit", type=int, default=200 if smoke else None, help="use only N train/test images")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+
+    device = pv.resolve_device(args.device)
+    train, test = pv.data.load(args.dataset, binarize="dynamic")
+    if args.limit:
+        train, test = train.subset(range(min(args.limit, len(train)))), test.subset(range(min(args.limit, len(test))))
+    rows = []
+    configs = configurations()
+    chosen = args.configs if args.configs is not None else list(configs)
+    for seed in args.seeds:
+        if not args.no_peer:
+            started = time.perf_counter()
+            peer = train_peer(train, args.epochs, seed, device)
+            seconds = time.perf_counter() - started
+            rows.append({"config": "peer (Pyro tutorial VAE)", "seed": seed, "seconds": seconds,
+                         **score(peer, test.to(device), args.num_samples)})
+            print(rows[-1], flush=True)
+        for name in chosen:
+            build, fit_kwargs = configs[name]
+            pyro.clear_param_store()
+            pyro.set_rng_seed(seed)
+            vae = build(train.image_shape)
+            started = time.perf_counter()
+            pv.fit(vae, train, epochs=args.epochs, seed=seed, device=device, progress=False, **fit_kwargs)
+            seconds = time.perf_counter() - started
+            rows.append({"config": name, "seed": seed, "seconds": seconds, **score(vae, test, args.num_samples)})
+            print(rows[-1], flush=True)
+
+    print(f"\n{args.dataset}: train {len(train)} (dynamic binarization), test {len(test)} (static), "
+          f"{args.epochs} epochs, K={args.num_samples}, device {device}")
+    print(f"{'configuration':32s} {'seed':>4s} {'test ELBO':>10s} {'log p(x)':>10s} {'seconds':>8s}")
+    for r in rows:
+        print(f"{r['config']:32s} {r['seed']:4d} {r['test_elbo']:10.2f} {r['log_px']:10.2f} {r['seconds']:8.1f}")
+    out = args.json or os.path.join(os.path.dirname(__file__), "results", f"quality-{args.dataset}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump({"dataset": args.dataset, "epochs": args.epochs, "num_samples": args.num_samples,
+                   "train_binarize": "dynamic", "test_binarize": "static", "device": str(device),
+                   "smoke": smoke, "rows": rows, "argv": sys.argv[1:]}, f, indent=2)
+    print(f"wrote {out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

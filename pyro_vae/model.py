@@ -1,0 +1,162 @@
+"""The variational autoencoder of Kingma & Welling (2014) as a Pyro model/guide pair."""
+
+from torch import nn
+
+import pyro
+import pyro.distributions as dist
+
+from . import likelihoods as likelihoods_module
+from . import networks as networks_module
+from . import priors as priors_module
+from .errors import ConfigError
+
+
+class VAE(nn.Module):
+    r"""Variational autoencoder: generative model p(x|z) p(z) and recognition model q(z|x).
+
+    Generative process (``model``), for each image n in the ``data`` plate::
+
+        z_n ~ prior()                                  event shape (latent_dim,)
+        x_n ~ likelihood(decoder(z_n))                 event shape (C, H, W)
+
+    Recognition model (``guide``)::
+
+        z_n ~ Normal(encoder(x_n))                     diagonal, event shape (latent_dim,)
+
+    :param tuple image_shape: ``(C, H, W)`` of one image.
+    :param int latent_dim: size of z.
+    :param encoder: module mapping ``(..., C, H, W)`` to ``(loc, scale)`` of shape ``(..., latent_dim)``;
+        default :class:`~pyro_vae.networks.MLPEncoder`.
+    :param decoder: module mapping ``(..., latent_dim)`` to the likelihood's parameters
+        ``(..., P*C, H, W)``; default :class:`~pyro_vae.networks.MLPDecoder`.
+    :param prior: a :class:`~pyro_vae.priors.Prior`; default :class:`~pyro_vae.priors.StandardNormal`.
+    :param likelihood: a :class:`~pyro_vae.likelihoods.Likelihood`; default
+        :class:`~pyro_vae.likelihoods.Bernoulli`.
+    :param tuple hidden: hidden widths of the default MLP encoder (the decoder mirrors them).
+
+    To extend the graphical model, subclass and add sites to :meth:`model` and :meth:`guide`; ``fit``
+    and ``evaluate`` work with any model/guide pair that takes ``(x, y=None)``.
+    """
+
+    def __init__(self, image_shape=(1, 28, 28), latent_dim=32, encoder=None, decoder=None, prior=None,
+                 likelihood=None, hidden=(512, 256)):
+        super().__init__()
+        if int(latent_dim) < 1:
+            raise ConfigError(f"latent_dim must be a positive integer, got {latent_dim}")
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.latent_dim = int(latent_dim)
+        self.likelihood = likelihood if likelihood is not None else likelihoods_module.Bernoulli()
+        self.encoder = encoder if encoder is not None else networks_module.MLPEncoder(
+            self.image_shape, self.latent_dim, hidden)
+        self.decoder = decoder if decoder is not None else networks_module.MLPDecoder(
+            self.image_shape, self.latent_dim, tuple(reversed(hidden)), self.likelihood.params_per_pixel)
+        self.prior = prior if prior is not None else priors_module.StandardNormal()
+        self.prior.setup(self.latent_dim, self)
+
+    # --- the probabilistic program -------------------------------------------------------------
+
+    def model(self, x, y=None):
+        """p(x, z) = p(z) p(x|z). :param x: images ``(N, C, H, W)``; ``y`` is accepted and ignored."""
+        pyro.module("vae", self)
+        with pyro.plate("data", x.shape[-4]):
+            z = pyro.sample("z", self.prior())
+            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+
+    def guide(self, x, y=None):
+        """q(z|x). :param x: images ``(N, C, H, W)``; ``y`` is accepted and ignored."""
+        pyro.module("vae", self)
+        with pyro.plate("data", x.shape[-4]):
+            loc, scale = self.encoder(x)
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    # --- deterministic helpers for pictures and analysis ---------------------------------------
+
+    @property
+    def device(self):
+        return next(self.parameters()).device
+
+    def encode(self, x):
+        """Posterior parameters. :param x: ``(..., C, H, W)``. :returns: ``(loc, scale)``, ``(..., latent_dim)``."""
+        return self.encoder(x)
+
+    def generate(self, z):
+        """Mean image of p(x|z). :param z: ``(..., latent_dim)``. :returns: ``(..., C, H, W)``."""
+        return self.likelihood.mean(self.decoder(z))
+
+    def reconstruct(self, x):
+        """Decode the posterior mean. :param x: ``(..., C, H, W)``. :returns: ``(..., C, H, W)``."""
+        return self.generate(self.encode(x)[0])
+
+    def sample(self, num_samples):
+        """Mean images of codes drawn from the prior. :returns: ``(num_samples, C, H, W)``."""
+        return self.generate(self.prior().sample((num_samples,)))
+
+    # --- saving --------------------------------------------------------------------------------
+
+    @property
+    def config(self):
+        """JSON-serialisable description that :func:`build_vae` turns back into an identical VAE.
+
+        User-supplied networks without a ``config()`` method are recorded as ``None``: pass them again
+        when loading.
+        """
+        return {
+            "model": type(self).__name__,
+            "image_shape": list(self.image_shape),
+            "latent_dim": self.latent_dim,
+            "encoder": describe(self.encoder),
+            "decoder": describe(self.decoder),
+            "prior": describe(self.prior),
+            "likelihood": describe(self.likelihood),
+        }
+
+
+def describe(part):
+    """``{"class": name, "kwargs": {...}}`` for a part from this package, else ``None``."""
+    if not hasattr(part, "config") or not callable(part.config):
+        return None
+    return {"class": type(part).__name__, "kwargs": part.config()}
+
+
+_PART_MODULES = {"encoder": networks_module, "decoder": networks_module,
+                 "prior": priors_module, "likelihood": likelihoods_module}
+#: model classes a config can name; extended models add themselves here
+MODELS = {"VAE": VAE}
+
+
+def _rebuild(role, spec, image_shape, latent_dim, params_per_pixel):
+    cls = getattr(_PART_MODULES[role], spec["class"], None)
+    if not isinstance(cls, type):
+        raise ConfigError(f"config names an unknown {role} class {spec['class']!r}")
+    kwargs = dict(spec.get("kwargs", {}))
+    if role == "encoder":
+        return cls(image_shape, latent_dim, **kwargs)
+    if role == "decoder":
+        return cls(image_shape, latent_dim, params_per_pixel=params_per_pixel, **kwargs)
+    return cls(**kwargs)
+
+
+def build_vae(config, encoder=None, decoder=None):
+    """Rebuild a model (untrained) from :attr:`VAE.config`.
+
+    :param dict config: as stored in a run's ``config.json``.
+    :param encoder: required when the config records a user-supplied encoder (``None``).
+    :param decoder: likewise for the decoder.
+    """
+    name = config.get("model", "VAE")
+    if name not in MODELS:
+        raise ConfigError(f"config names an unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+    image_shape, latent_dim = tuple(config["image_shape"]), int(config["latent_dim"])
+    likelihood = _rebuild("likelihood", config["likelihood"], image_shape, latent_dim, None)
+    parts = {"encoder": encoder, "decoder": decoder}
+    for role in parts:
+        if parts[role] is None:
+            if config.get(role) is None:
+                raise ConfigError(f"this run used a custom {role}; pass {role}=... to rebuild it")
+            parts[role] = _rebuild(role, config[role], image_shape, latent_dim, likelihood.params_per_pixel)
+    prior = _rebuild("prior", config["prior"], image_shape, latent_dim, None)
+    extra = {k: v for k, v in config.items()
+             if k not in ("model", "image_shape", "latent_dim", "encoder", "decoder", "prior", "likelihood")}
+    return MODELS[name](image_shape=image_shape, latent_dim=latent_dim, prior=prior, likelihood=likelihood,
+                        **parts, **extra)
+

@@ -1,0 +1,168 @@
+"""Encoder and decoder networks: plain ``nn.Module`` s, no Pyro inside.
+
+Contract shared by every encoder and decoder here (and by any user module put in their place):
+
+* an **encoder** maps images ``x`` of shape ``(..., C, H, W)`` to ``(loc, scale)`` of the diagonal Normal
+  q(z|x), each of shape ``(..., latent_dim)``, with ``scale > 0`` by construction;
+* a **decoder** maps codes ``z`` of shape ``(..., latent_dim)`` to the parameters a likelihood takes,
+  of shape ``(..., P * C, H, W)`` where ``P`` is the likelihood's ``params_per_pixel``.
+
+Leading dimensions are arbitrary: importance sampling and multi-particle ELBOs put extra sample
+dimensions in front, so nothing here reshapes to ``(-1, 784)``.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+
+#: Smallest posterior standard deviation; keeps log q(z|x) finite when an encoder grows confident.
+MIN_SCALE = 1e-4
+
+
+def _check_shape(image_shape):
+    shape = tuple(int(s) for s in image_shape)
+    if len(shape) != 3 or min(shape) <= 0:
+        raise ConfigError(f"image_shape must be three positive sizes (C, H, W), got {tuple(image_shape)}")
+    return shape
+
+
+def _mlp(sizes, activation):
+    layers = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+def _positive(raw):
+    # softplus instead of exp: exp overflows for large raw values and NaNs follow
+    return F.softplus(raw) + MIN_SCALE
+
+
+def _run_batched(net, x, event_dims):
+    """Apply ``net`` (which wants one batch dim) to ``x`` with any number of leading dims."""
+    batch_shape = x.shape[: x.dim() - event_dims]
+    out = net(x.reshape((-1,) + x.shape[x.dim() - event_dims:]))
+    return out.reshape(batch_shape + out.shape[1:])
+
+
+class MLPEncoder(nn.Module):
+    """Fully connected q(z|x) network.
+
+    :param tuple image_shape: ``(C, H, W)`` of one image.
+    :param int latent_dim: size of z.
+    :param tuple hidden: widths of the hidden layers.
+    """
+
+    def __init__(self, image_shape, latent_dim, hidden=(512, 256)):
+        super().__init__()
+        self.image_shape = _check_shape(image_shape)
+        self.latent_dim = int(latent_dim)
+        self.hidden = [int(h) for h in hidden]
+        self.net = _mlp([math.prod(self.image_shape), *self.hidden, 2 * self.latent_dim], nn.Softplus)
+
+    def config(self):
+        return {"hidden": self.hidden}
+
+    def forward(self, x):
+        """:param x: images ``(..., C, H, W)``. :returns: ``(loc, scale)``, each ``(..., latent_dim)``."""
+        loc, raw_scale = self.net(x.flatten(-3)).chunk(2, dim=-1)
+        return loc, _positive(raw_scale)
+
+
+class MLPDecoder(nn.Module):
+    """Fully connected p(x|z) network.
+
+    :param tuple image_shape: ``(C, H, W)`` of one image.
+    :param int latent_dim: size of z.
+    :param tuple hidden: widths of the hidden layers, from z upwards.
+    :param int params_per_pixel: how many numbers the likelihood needs per pixel (1 for Bernoulli logits).
+
+    ``config()`` returns the keyword arguments (besides shapes) that rebuild a network; the VAE saves
+    them in a run's ``config.json``.
+    """
+
+    def __init__(self, image_shape, latent_dim, hidden=(256, 512), params_per_pixel=1):
+        super().__init__()
+        self.image_shape = _check_shape(image_shape)
+        c, h, w = self.image_shape
+        self.out_shape = (params_per_pixel * c, h, w)
+        self.hidden = [int(h) for h in hidden]
+        self.net = _mlp([int(latent_dim), *self.hidden, math.prod(self.out_shape)], nn.Softplus)
+
+    def config(self):
+        return {"hidden": self.hidden}
+
+    def forward(self, z):
+        """:param z: codes ``(..., latent_dim)``. :returns: likelihood parameters ``(..., P*C, H, W)``."""
+        return self.net(z).unflatten(-1, self.out_shape)
+
+
+class ConvEncoder(nn.Module):
+    """Convolutional q(z|x) network: two stride-2 convolutions, then a linear layer.
+
+    :param tuple image_shape: ``(C, H, W)``; H and W are padded up to a multiple of 4 internally.
+    :param int latent_dim: size of z.
+    :param int channels: channels of the first convolution (the second has twice as many).
+    :param int hidden: width of the linear layer.
+    """
+
+    def __init__(self, image_shape, latent_dim, channels=32, hidden=256):
+        super().__init__()
+        self.image_shape = _check_shape(image_shape)
+        c, h, w = self.image_shape
+        self.conv = nn.Sequential(
+            nn.Conv2d(c, channels, 4, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1), nn.SiLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = self.conv(torch.zeros(1, c, h, w)).shape[-1]
+        self.head = nn.Sequential(nn.Linear(flat, hidden), nn.SiLU(), nn.Linear(hidden, 2 * int(latent_dim)))
+        self._config = {"channels": int(channels), "hidden": int(hidden)}
+
+    def config(self):
+        return dict(self._config)
+
+    def forward(self, x):
+        """:param x: images ``(..., C, H, W)``. :returns: ``(loc, scale)``, each ``(..., latent_dim)``."""
+        loc, raw_scale = self.head(_run_batched(self.conv, x, 3)).chunk(2, dim=-1)
+        return loc, _positive(raw_scale)
+
+
+class ConvDecoder(nn.Module):
+    """Convolutional p(x|z) network, the mirror image of :class:`ConvEncoder`.
+
+    :param tuple image_shape: ``(C, H, W)`` of one image.
+    :param int latent_dim: size of z.
+    :param int params_per_pixel: numbers per pixel the likelihood needs.
+    """
+
+    def __init__(self, image_shape, latent_dim, params_per_pixel=1, channels=32, hidden=256):
+        super().__init__()
+        self.image_shape = _check_shape(image_shape)
+        c, h, w = self.image_shape
+        self.out_shape = (params_per_pixel * c, h, w)
+        self.start = (2 * channels, -(-h // 4), -(-w // 4))
+        self.head = nn.Sequential(nn.Linear(int(latent_dim), hidden), nn.SiLU(),
+                                  nn.Linear(hidden, math.prod(self.start)), nn.SiLU())
+        self.deconv = nn.Sequential(
+            nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1), nn.SiLU(),
+            nn.ConvTranspose2d(channels, params_per_pixel * c, 4, stride=2, padding=1),
+        )
+        self._config = {"channels": int(channels), "hidden": int(hidden)}
+
+    def config(self):
+        return dict(self._config)
+
+    def forward(self, z):
+        """:param z: codes ``(..., latent_dim)``. :returns: likelihood parameters ``(..., P*C, H, W)``."""
+        h = self.head(z).unflatten(-1, self.start)
+        out = _run_batched(self.deconv, h, 3)
+        # the transposed convolutions produce a multiple of 4; crop back to the image size
+        return out[..., : self.out_shape[1], : self.out_shape[2]]

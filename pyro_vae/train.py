@@ -1,0 +1,214 @@
+"""``fit``: the one training loop, for every model/guide pair and every Pyro ELBO.
+
+The loop is plain PyTorch around a Pyro objective: ``loss(vae.model, vae.guide)`` is the ELBO as an
+``nn.Module`` whose forward pass returns a differentiable loss, and a ``torch.optim`` optimizer updates
+the VAE's parameters. This is the same auto-encoding variational Bayes step that ``SVI.step`` performs,
+without its per-step host synchronisation: losses stay on the device and are read once per epoch.
+"""
+
+import math
+import os
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+import pyro
+from pyro.infer import Trace_ELBO
+
+from . import evaluate
+from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, load_json, load_state, save_checkpoint, save_json
+from .errors import CheckpointError, ConfigError, DataError, TrainingError
+
+
+def resolve_device(device="auto"):
+    """``"auto"`` -> CUDA when present, else CPU. Anything else is passed to ``torch.device``.
+
+    :raises ConfigError: CUDA requested on a machine without a GPU, or an unknown device string.
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("CUDA was requested but no GPU is available; use --device cpu (or auto)")
+    return device
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_data(vae, data, role):
+    if data is None:
+        return
+    if len(data) == 0:
+        raise DataError(f"the {role} set is empty; check the dataset or the data folder")
+    if tuple(data.image_shape) != tuple(vae.image_shape):
+        raise DataError(f"{role} images have shape {tuple(data.image_shape)} but the model was built for "
+                        f"{tuple(vae.image_shape)}; build the VAE with image_shape={tuple(data.image_shape)}")
+    vae.likelihood.check_data(data)
+
+
+def _rng_state(device, shuffle):
+    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state, device, shuffle):
+    torch.set_rng_state(state["torch"])
+    shuffle.set_state(state["shuffle"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, optimizer=None, seed=0,
+        device="auto", checkpoint_dir=None, resume=False, overwrite=False, callback=None, progress=True,
+        clip_norm=None, run_info=None):
+    """Train ``vae`` by stochastic variational inference and return its per-epoch history.
+
+    :param vae: a :class:`~pyro_vae.VAE` (or any module with ``model(x, y)``, ``guide(x, y)``,
+        ``likelihood``, ``image_shape`` and ``config``).
+    :param train: :class:`~pyro_vae.data.ImageDataset` to train on (moved to the device once).
+    :param test: optional dataset; its ELBO is computed after every epoch.
+    :param int epochs: total number of epochs (a resumed run continues up to this number).
+    :param int batch_size: images per step.
+    :param float lr: learning rate.
+    :param loss: a Pyro ELBO instance (default ``Trace_ELBO()``); e.g. ``TraceMeanField_ELBO()`` for an
+        analytic KL or ``RenyiELBO(alpha=0, num_particles=5, vectorize_particles=True)`` for IWAE.
+    :param optimizer: callable ``params, lr -> torch.optim.Optimizer`` (default ``torch.optim.Adam``).
+    :param int seed: seeds Pyro/PyTorch and the shuffling; equal seeds give equal runs.
+    :param device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ... decided here, once.
+    :param str checkpoint_dir: if given, ``config.json`` and ``checkpoint.pt`` are written there after
+        every epoch (atomically), so an interrupted run loses at most the epoch in progress.
+    :param bool resume: continue from the checkpoint in ``checkpoint_dir``.
+    :param bool overwrite: start afresh even if ``checkpoint_dir`` already holds a checkpoint.
+    :param callback: called as ``callback(vae, record)`` after every epoch; returning ``True`` stops.
+    :param bool progress: show a tqdm progress bar.
+    :param float clip_norm: clip the gradient norm to this value (off by default).
+    :param dict run_info: extra JSON-serialisable entries for ``config.json`` (e.g. data settings).
+    :returns: list of dicts, one per epoch: ``epoch``, ``train_elbo`` and ``test_elbo`` (nats per
+        datapoint; ``test_elbo`` is ``None`` without a test set) and ``seconds``.
+    """
+    _positive_int("epochs", epochs)
+    _positive_int("batch_size", batch_size)
+    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        raise ConfigError(f"lr must be a positive number, got {lr!r}")
+    if resume and checkpoint_dir is None:
+        raise ConfigError("resume=True needs checkpoint_dir (the run folder to resume from)")
+    device = resolve_device(device)
+    _check_data(vae, train, "training")
+    _check_data(vae, test, "test")
+
+    pyro.set_rng_seed(seed)
+    shuffle = torch.Generator().manual_seed(seed)
+    vae.to(device)
+    train = train.to(device)
+    test = test.to(device) if test is not None else None
+    opt = (optimizer or torch.optim.Adam)(vae.parameters(), lr=lr)
+    loss = loss if loss is not None else Trace_ELBO()
+    step_loss = _loss_step(loss, vae)
+
+    history, start_epoch = [], 0
+    ckpt_path = os.path.join(checkpoint_dir, CHECKPOINT) if checkpoint_dir else None
+    settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+                "loss": type(loss).__name__, "clip_norm": clip_norm}
+    if ckpt_path:
+        _prepare_run_folder(checkpoint_dir, ckpt_path, vae, resume, overwrite)
+        if resume and os.path.exists(ckpt_path):
+            state = load_checkpoint(ckpt_path, map_location=device)
+            load_state(vae, state["model"], ckpt_path)
+            opt.load_state_dict(state["optimizer"])
+            _set_rng_state(state["rng"], device, shuffle)
+            history, start_epoch = list(state["history"]), int(state["epoch"])
+        save_json({"vae": vae.config, "fit": settings, **(run_info or {})}, os.path.join(checkpoint_dir, CONFIG))
+
+    steps_per_epoch = train.num_batches(batch_size)
+    bar = tqdm(total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, unit="step",
+               desc="fit", disable=not progress, dynamic_ncols=True)
+    vae.train()
+    try:
+        # argument validation runs once per distribution object; in the hot loop it only costs time
+        with pyro.validation_enabled(False):
+            for epoch in range(start_epoch + 1, epochs + 1):
+                started = time.perf_counter()
+                losses = torch.zeros(steps_per_epoch, device=device)
+                for step, (x, y) in enumerate(train.batches(batch_size, generator=shuffle)):
+                    opt.zero_grad(set_to_none=True)
+                    batch_loss = step_loss(x, y)
+                    if clip_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(vae.parameters(), clip_norm)
+                    opt.step()
+                    losses[step] = batch_loss
+                    bar.update()
+                    if step % 50 == 0:
+                        bar.set_postfix_str(f"epoch {epoch} loss/img {batch_loss.item() / x.shape[0]:.2f}")
+                total = losses.sum().item()
+                if not math.isfinite(total):
+                    bad = int((~torch.isfinite(losses)).nonzero()[0])
+                    kept = f"the checkpoint of epoch {history[-1]['epoch']} is kept; " if ckpt_path and history else ""
+                    raise TrainingError(f"the loss became {losses[bad].item()} at epoch {epoch}, step {bad + 1}; "
+                                        f"{kept}lower the learning rate (lr) or clip gradients (clip_norm)")
+                record = {"epoch": epoch, "train_elbo": -total / len(train), "test_elbo": None}
+                if test is not None:
+                    record["test_elbo"] = evaluate.elbo(vae, test)["elbo"]
+                record["seconds"] = time.perf_counter() - started
+                history.append(record)
+                bar.set_postfix_str(f"epoch {epoch} train ELBO {record['train_elbo']:.2f}"
+                                    + ("" if test is None else f" test ELBO {record['test_elbo']:.2f}"))
+                if ckpt_path:
+                    save_checkpoint({"format": 1, "epoch": epoch, "model": vae.state_dict(),
+                                     "optimizer": opt.state_dict(), "rng": _rng_state(device, shuffle),
+                                     "history": history, "config": vae.config}, ckpt_path)
+                if callback is not None and callback(vae, record):
+                    break
+    finally:
+        bar.close()
+    return history
+
+
+def _loss_step(elbo, vae):
+    """A function ``(x, y) -> loss`` that also leaves the loss's gradients in ``vae``'s parameters."""
+    if hasattr(elbo, "differentiable_loss"):
+        objective = elbo(vae.model, vae.guide)   # the ELBO as an nn.Module
+
+        def step(x, y):
+            loss = objective(x, y)
+            loss.backward()
+            return loss.detach()
+    else:  # e.g. RenyiELBO, which computes its gradients itself and returns a float
+        def step(x, y):
+            return torch.tensor(elbo.loss_and_grads(vae.model, vae.guide, x, y))
+    return step
+
+
+def _prepare_run_folder(folder, ckpt_path, vae, resume, overwrite):
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise CheckpointError(f"{folder} is a file, not a folder; choose another output folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot create output folder {folder} ({e.strerror}); choose a writable folder") from None
+    if not os.access(folder, os.W_OK):
+        raise CheckpointError(f"output folder {folder} is not writable; choose a writable folder")
+    if os.path.exists(ckpt_path) and not (resume or overwrite):
+        raise CheckpointError(f"{folder} already holds a run; pass resume=True (--resume) to continue it "
+                              f"or overwrite=True (--overwrite) to start afresh")
+    if resume and os.path.exists(ckpt_path):
+        saved = load_json(os.path.join(folder, CONFIG)).get("vae") if os.path.exists(
+            os.path.join(folder, CONFIG)) else None
+        if saved is not None and saved != vae.config:
+            raise CheckpointError(f"the run in {folder} was made with a different model "
+                                  f"({_first_difference(saved, vae.config)}); use another folder or --overwrite")
+
+
+def _first_difference(saved, current):
+    for key in sorted(set(saved) | set(current)):
+        if saved.get(key) != current.get(key):
+            return f"{key}: saved {saved.get(key)!r}, now {current.get(key)!r}"
+    return "unknown difference"

@@ -1,0 +1,148 @@
+"""The pyro-vae command line, end to end on tiny budgets, in real subprocesses where exit codes matter."""
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from pyro_vae import cli
+from pyro_vae.checkpoint import load_checkpoint
+
+PICTURES = {"reconstructions.png", "samples.png", "latent_scatter.png", "curves.png"}
+
+
+def run_cli(*args, timeout=300):
+    """Run ``python -m pyro_vae.cli ARGS`` like a user would; returns the CompletedProcess."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "pyro_vae.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+
+
+def test_train_evaluate_sample_end_to_end(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", "--dataset", "digits", "--epochs", "3", "--latent-dim", "2", "--hidden", "64",
+                     "--eval-samples", "20", "--out", str(run), "--no-progress"]) == 0
+    files = set(os.listdir(run))
+    assert {"config.json", "checkpoint.pt", "metrics.json", "latent_manifold.png"} | PICTURES <= files
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics["history"]) == 3
+    assert metrics["test"]["num_samples"] == 20 and metrics["test"]["binarize"] == "static"
+    assert metrics["test"]["log_likelihood"] >= metrics["test"]["elbo"] - 1.0
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"] == {"dataset": "digits", "data_dir": None, "binarize": "dynamic", "seed": 0}
+    assert config["vae"]["latent_dim"] == 2
+    assert "log p(x)" in capsys.readouterr().out
+
+    assert cli.main(["evaluate", str(run), "--num-samples", "30"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["evaluations"][0]["num_samples"] == 30
+    os.remove(run / "samples.png")
+    assert cli.main(["sample", str(run), "--num", "16"]) == 0
+    assert (run / "samples.png").stat().st_size > 0
+
+
+def test_other_parts_from_the_cli(tmp_path):
+    run = tmp_path / "run"
+    assert cli.main(["train", "--dataset", "digits", "--epochs", "1", "--prior", "mog", "--num-components", "3",
+                     "--likelihood", "continuous-bernoulli", "--network", "conv", "--latent-dim", "3",
+                     "--eval-samples", "5", "--out", str(run), "--no-progress"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["vae"]["prior"] == {"class": "MixtureOfGaussians", "kwargs": {"num_components": 3, "spread": 1.0}}
+    assert config["vae"]["likelihood"]["class"] == "ContinuousBernoulli"
+    assert config["vae"]["encoder"]["class"] == "ConvEncoder"
+    assert config["data"]["binarize"] == "none"   # grey levels for a continuous likelihood
+    assert cli.main(["sample", str(run), "--num", "4", "--out", str(tmp_path / "s.png")]) == 0
+
+
+def _one_line_error(result, *needles):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert lines and all(n in lines[-1] for n in needles), result.stderr
+    return lines[-1]
+
+
+def _truncated_idx_folder(path):
+    path.mkdir()
+    for name in ["train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz"]:
+        with gzip.open(path / name, "wb") as f:
+            f.write(bytes([0, 0, 8, 3, 0, 0, 0, 10, 0, 0, 0, 28, 0, 0, 0, 28]) + bytes(100))  # 10 images promised
+    for name in ["train-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]:
+        with gzip.open(path / name, "wb") as f:
+            f.write(bytes([0, 0, 8, 1, 0, 0, 0, 10]) + bytes(10))
+    return path
+
+
+def test_bad_input_gets_one_line_errors(tmp_path):
+    _one_line_error(run_cli("train", "--dataset", "nope", "--out", tmp_path / "a"), "mnist5k", "digits")
+    _one_line_error(run_cli("train", "--prior", "gamma"), "unknown prior", "standard", "mog")
+    _one_line_error(run_cli("train", "--likelihood", "poisson"), "unknown likelihood", "bernoulli")
+    _one_line_error(run_cli("train", "--epochs", "0"), "positive")
+    _one_line_error(run_cli("train", "--batch-size", "-5"), "positive")
+    _one_line_error(run_cli("train", "--dataset", tmp_path / "missing"), "missing")
+    (tmp_path / "empty").mkdir()
+    _one_line_error(run_cli("train", "--dataset", tmp_path / "empty"), "empty")
+    _one_line_error(run_cli("train", "--dataset", _truncated_idx_folder(tmp_path / "idx")), "truncated")
+    (tmp_path / "file").write_text("x")
+    _one_line_error(run_cli("train", "--dataset", "digits", "--epochs", "1", "--out", tmp_path / "file" / "run"),
+                    "output folder")
+    _one_line_error(run_cli("evaluate", tmp_path / "nowhere"), "does not exist")
+    if not torch.cuda.is_available():
+        _one_line_error(run_cli("train", "--device", "cuda"), "no GPU", "--device cpu")
+    # with --debug the traceback is shown
+    debug = run_cli("--debug", "train", "--dataset", "nope")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_existing_run_needs_resume_or_overwrite(tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--dataset", "digits", "--epochs", "1", "--hidden", "32", "--eval-samples", "5",
+            "--out", run, "--no-progress"]
+    assert run_cli(*args).returncode == 0
+    _one_line_error(run_cli(*args), "already holds a run", "--resume", "--overwrite")
+    assert run_cli(*args, "--overwrite").returncode == 0
+    longer = [a if a != "1" else "2" for a in args]
+    done = run_cli(*longer, "--resume")
+    assert done.returncode == 0, done.stderr
+    assert [h["epoch"] for h in json.loads((run / "metrics.json").read_text())["history"]] == [1, 2]
+
+
+def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path):
+    """Kill a real training process with SIGKILL, resume it, and compare with a run never interrupted."""
+    common = ["train", "--dataset", "mnist5k", "--epochs", "6", "--latent-dim", "8", "--hidden", "128",
+              "--eval-samples", "5", "--seed", "7", "--no-progress"]
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pyro_vae.cli", *common, "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            if (killed / "checkpoint.pt").exists() and load_checkpoint(killed / "checkpoint.pt")["epoch"] >= 2:
+                break
+            assert proc.poll() is None, "training ended before it could be interrupted"
+            time.sleep(0.05)
+        time.sleep(0.3)  # land inside a later epoch
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    state = load_checkpoint(killed / "checkpoint.pt")   # still a complete, loadable checkpoint
+    assert 2 <= state["epoch"] < 6 and len(state["history"]) == state["epoch"]
+    assert not (killed / "metrics.json").exists()
+
+    resumed = run_cli(*common, "--out", killed, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    straight = run_cli(*common, "--out", tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr
+    a = json.loads((killed / "metrics.json").read_text())["history"]
+    b = json.loads((tmp_path / "straight" / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in a] == list(range(1, 7))
+    assert [h["train_elbo"] for h in a] == [h["train_elbo"] for h in b]
+    assert [h["test_elbo"] for h in a] == [h["test_elbo"] for h in b]

@@ -1,0 +1,180 @@
+"""fit: learning on real data, seeds, checkpoints, resume, numerical faults, bad input."""
+
+import math
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import pyro
+from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+
+import pyro_vae as pv
+from pyro_vae import checkpoint, likelihoods, priors
+
+
+def small_vae(**kwargs):
+    return pv.VAE(image_shape=(1, 8, 8), **{"latent_dim": 4, "hidden": (32,), **kwargs})
+
+
+def test_elbo_improves_on_mnist5k(mnist5k):
+    train, test = mnist5k
+    vae = pv.VAE(latent_dim=16, hidden=(128,))
+    before = pv.evaluate.elbo(vae, test)["elbo"]
+    history = pv.fit(vae, train, test=test, epochs=3, progress=False)
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[-1]["test_elbo"] > history[0]["test_elbo"] > before + 100   # ~-545 -> ~-150 nats
+    assert history[-1]["train_elbo"] > history[0]["train_elbo"]
+    assert all(h["seconds"] > 0 for h in history)
+
+
+def _weights(vae):
+    return {k: v.detach().clone() for k, v in vae.state_dict().items()}
+
+
+def test_equal_seeds_give_equal_runs(digits_binary):
+    runs = []
+    for _ in range(2):
+        pyro.set_rng_seed(3)  # the initial weights come from the global RNG too
+        vae = small_vae()
+        history = pv.fit(vae, digits_binary[0], test=digits_binary[1], epochs=2, seed=3, progress=False)
+        runs.append((history, _weights(vae)))
+    assert [h["train_elbo"] for h in runs[0][0]] == [h["train_elbo"] for h in runs[1][0]]
+    assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
+    other = small_vae()
+    history = pv.fit(other, digits_binary[0], epochs=2, seed=4, progress=False)
+    assert history[-1]["train_elbo"] != runs[0][0][-1]["train_elbo"]
+
+
+def test_resume_matches_uninterrupted_run(digits_binary, tmp_path):
+    train, test = digits_binary
+    pyro.set_rng_seed(1)
+    straight = small_vae(prior=priors.MixtureOfGaussians(3))
+    full = pv.fit(straight, train, test=test, epochs=4, seed=1, progress=False, checkpoint_dir=tmp_path / "a")
+
+    pyro.set_rng_seed(1)
+    resumed = small_vae(prior=priors.MixtureOfGaussians(3))
+    pv.fit(resumed, train, test=test, epochs=2, seed=1, progress=False, checkpoint_dir=tmp_path / "b")
+    again = small_vae(prior=priors.MixtureOfGaussians(3))   # a fresh process would start from scratch too
+    history = pv.fit(again, train, test=test, epochs=4, seed=1, progress=False, checkpoint_dir=tmp_path / "b",
+                     resume=True)
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert [h["train_elbo"] for h in history] == [h["train_elbo"] for h in full]
+    assert [h["test_elbo"] for h in history] == [h["test_elbo"] for h in full]
+    ref = _weights(straight)
+    assert all(torch.equal(ref[k], v) for k, v in _weights(again).items())
+
+
+def test_checkpoint_is_plain_data_and_load_run_restores_outputs(digits_binary, tmp_path):
+    vae = small_vae(likelihood=likelihoods.Bernoulli())
+    pv.fit(vae, digits_binary[0], epochs=2, progress=False, checkpoint_dir=tmp_path)
+    assert sorted(p for p in os.listdir(tmp_path) if not p.startswith(".")) == ["checkpoint.pt", "config.json"]
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)   # no pickled objects inside
+    assert state["epoch"] == 2 and len(state["history"]) == 2 and state["config"] == vae.config
+    loaded, config, _ = pv.load_run(str(tmp_path))
+    assert config["vae"] == vae.config and config["fit"]["epochs"] == 2
+    x, _ = next(digits_binary[1].batches(16, shuffle=False))
+    vae.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded.reconstruct(x), vae.reconstruct(x))
+        z = torch.randn(5, 4)
+        assert torch.equal(loaded.generate(z), vae.generate(z))
+        assert torch.equal(loaded.encode(x)[1], vae.encode(x)[1])
+    assert not any(name.startswith(".tmp-") for name in os.listdir(tmp_path))
+
+
+def test_existing_run_folder_is_refused(digits_binary, tmp_path):
+    pv.fit(small_vae(), digits_binary[0], epochs=1, progress=False, checkpoint_dir=tmp_path)
+    with pytest.raises(pv.CheckpointError, match="already holds a run"):
+        pv.fit(small_vae(), digits_binary[0], epochs=1, progress=False, checkpoint_dir=tmp_path)
+    pv.fit(small_vae(), digits_binary[0], epochs=1, progress=False, checkpoint_dir=tmp_path, overwrite=True)
+    with pytest.raises(pv.CheckpointError, match="different model"):
+        pv.fit(small_vae(latent_dim=5), digits_binary[0], epochs=2, progress=False, checkpoint_dir=tmp_path,
+               resume=True)
+
+
+class FaultyDecoder(nn.Module):
+    """A decoder that starts returning NaN once ``broken`` is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 64)
+        self.broken = False
+
+    def forward(self, z):
+        out = self.lin(z).unflatten(-1, (1, 8, 8))
+        return out * math.nan if self.broken else out
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(digits_binary, tmp_path):
+    decoder = FaultyDecoder()
+    vae = small_vae(decoder=decoder)
+
+    def break_after_first_epoch(vae, record):
+        decoder.broken = True
+
+    with pytest.raises(pv.TrainingError, match=r"epoch 2, step 1;.*checkpoint of epoch 1 is kept.*lower the learning"):
+        pv.fit(vae, digits_binary[0], epochs=3, progress=False, checkpoint_dir=tmp_path,
+               callback=break_after_first_epoch)
+    state = checkpoint.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_callback_can_stop_and_clip_norm_runs(digits_binary):
+    history = pv.fit(small_vae(), digits_binary[0], epochs=5, progress=False, clip_norm=1.0,
+                     callback=lambda vae, record: record["epoch"] == 2)
+    assert len(history) == 2
+
+
+@pytest.mark.parametrize("loss", [Trace_ELBO(), TraceMeanField_ELBO(),
+                                  RenyiELBO(alpha=0, num_particles=4, vectorize_particles=True)],
+                         ids=["trace", "meanfield", "iwae"])
+@pytest.mark.parametrize("prior", ["standard", "mog"])
+def test_any_pyro_elbo_trains(loss, prior, digits_binary):
+    vae = small_vae(prior=priors.StandardNormal() if prior == "standard" else priors.MixtureOfGaussians(3))
+    history = pv.fit(vae, digits_binary[0], test=digits_binary[1], epochs=2, loss=loss, progress=False)
+    assert all(math.isfinite(h["train_elbo"]) and math.isfinite(h["test_elbo"]) for h in history)
+    assert history[-1]["train_elbo"] > history[0]["train_elbo"] - 1.0
+
+
+def test_bad_arguments_and_data(digits_binary, digits_grey, mnist5k):
+    train = digits_binary[0]
+    for kwargs, match in [(dict(epochs=0), "epochs"), (dict(batch_size=-3), "batch_size"),
+                          (dict(lr=0.0), "lr"), (dict(epochs=1.5), "epochs"),
+                          (dict(resume=True), "checkpoint_dir"), (dict(device="tpu9"), "device")]:
+        with pytest.raises(pv.ConfigError, match=match):
+            pv.fit(small_vae(), train, progress=False, **kwargs)
+    with pytest.raises(pv.DataError, match="binarize.*ContinuousBernoulli"):
+        pv.fit(small_vae(), digits_grey[0], epochs=1, progress=False)
+    with pytest.raises(pv.DataError, match=r"shape \(1, 28, 28\).*\(1, 8, 8\)"):
+        pv.fit(small_vae(), mnist5k[0], epochs=1, progress=False)
+    with pytest.raises(pv.DataError, match=r"\[0, 1\]"):
+        pv.fit(small_vae(likelihood=likelihoods.ContinuousBernoulli()),
+               _shifted(digits_grey[0]),
+               epochs=1, progress=False)
+
+
+def _shifted(data):
+    """A dataset whose pixels leave [0, 1], built past the constructor's own check."""
+    shifted = data.subset(range(20))
+    shifted.images = shifted.images * 2.0
+    return shifted
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without a GPU")
+def test_cuda_without_gpu_is_a_clear_error(digits_binary):
+    with pytest.raises(pv.ConfigError, match="no GPU"):
+        pv.fit(small_vae(), digits_binary[0], epochs=1, device="cuda", progress=False)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_and_evaluation(mnist5k):
+    train, test = mnist5k
+    vae = pv.VAE(latent_dim=8)
+    history = pv.fit(vae, train, test=test, epochs=2, device="cuda", progress=False)
+    assert vae.device.type == "cuda" and math.isfinite(history[-1]["test_elbo"])
+    log_px = pv.evaluate.log_likelihood(vae, test.to("cuda"), num_samples=100)
+    assert log_px > history[-1]["test_elbo"] - 1.0
