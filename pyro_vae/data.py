@@ -198,25 +198,34 @@ class ImageDataset:
         labels = None if self.labels is None else self.labels[index]
         return self._wrap(images, labels, self.binarize, self.name)
 
-    def num_batches(self, batch_size, drop_last=False):
+    def _shard_size(self, shard):
+        return len(self) if shard is None else math.ceil(len(self) / shard[1])
+
+    def num_batches(self, batch_size, drop_last=False, shard=None):
         """Number of batches :meth:`batches` yields per epoch.
 
         :param int batch_size: images per batch.
         :param bool drop_last: whether a final, smaller batch is dropped.
+        :param shard: ``(rank, world_size)`` as in :meth:`batches`.
         :rtype: int
         """
         batch_size = _check_batch_size(batch_size)
+        count = self._shard_size(shard)
         if drop_last:
-            return len(self) // batch_size
-        return math.ceil(len(self) / batch_size)
+            return count // batch_size
+        return math.ceil(count / batch_size)
 
-    def batches(self, batch_size, shuffle=True, generator=None, drop_last=False):
+    def batches(self, batch_size, shuffle=True, generator=None, drop_last=False, shard=None):
         """Iterate once over the dataset in batches.
 
         :param int batch_size: images per batch.
         :param bool shuffle: visit the images in a random order (each exactly once per epoch).
         :param generator: a CPU :class:`torch.Generator` for the order; ``None`` uses the global RNG.
         :param bool drop_last: skip a final batch smaller than ``batch_size``.
+        :param shard: ``(rank, world_size)`` for data-parallel training: every process draws the same
+            permutation (pass generators seeded alike) and takes every ``world_size``-th index from
+            ``rank`` on, the permutation padded by wrapping around so that all processes run the same
+            number of steps (as ``torch.utils.data.DistributedSampler`` does).
         :return: iterator of ``(x, y)``: ``x`` float32 of shape (B, C, H, W), resampled to 0/1 for dynamic
             binarization; ``y`` int64 of shape (B,), or ``None`` without labels.
         """
@@ -227,6 +236,11 @@ class ImageDataset:
             order = torch.randperm(count, generator=generator)
         else:
             order = torch.arange(count)
+        if shard is not None:
+            rank, world = shard
+            padded = self._shard_size(shard) * world
+            order = torch.cat([order, order[: padded - count]])[rank::world]
+            count = len(order)
         order = order.to(self.device)
         stop = count - count % batch_size if drop_last else count
         for start in range(0, stop, batch_size):

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 import pyro
 from pyro.infer import Trace_ELBO
 
+from . import distributed as parallel
 from . import evaluate
 from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, load_json, load_state, save_checkpoint, save_json
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
@@ -51,6 +52,8 @@ def _check_data(vae, data, role):
         raise DataError(f"{role} images have shape {tuple(data.image_shape)} but the model was built for "
                         f"{tuple(vae.image_shape)}; build the VAE with image_shape={tuple(data.image_shape)}")
     vae.likelihood.check_data(data)
+    if hasattr(vae, "check_data"):   # e.g. a conditional model that needs a label for every image
+        vae.check_data(data)
 
 
 def _rng_state(device, shuffle):
@@ -69,7 +72,7 @@ def _set_rng_state(state, device, shuffle):
 
 def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, optimizer=None, seed=0,
         device="auto", checkpoint_dir=None, resume=False, overwrite=False, callback=None, progress=True,
-        clip_norm=None, run_info=None):
+        clip_norm=None, beta=1.0, warmup=0, distributed=False, run_info=None):
     """Train ``vae`` by stochastic variational inference and return its per-epoch history.
 
     :param vae: a :class:`~pyro_vae.VAE` (or any module with ``model(x, y)``, ``guide(x, y)``,
@@ -91,77 +94,114 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
     :param callback: called as ``callback(vae, record)`` after every epoch; returning ``True`` stops.
     :param bool progress: show a tqdm progress bar.
     :param float clip_norm: clip the gradient norm to this value (off by default).
+    :param float beta: weight of the latent sites (``vae.kl_scale``): ``beta > 1`` gives a beta-VAE.
+    :param int warmup: KL warm-up: the weight grows linearly, ``beta * min(1, epoch / warmup)``.
+    :param bool distributed: data-parallel training over the processes started by ``torchrun``
+        (see :mod:`pyro_vae.distributed`); ``batch_size`` is per process, only rank 0 writes files.
     :param dict run_info: extra JSON-serialisable entries for ``config.json`` (e.g. data settings).
     :returns: list of dicts, one per epoch: ``epoch``, ``train_elbo`` and ``test_elbo`` (nats per
-        datapoint; ``test_elbo`` is ``None`` without a test set) and ``seconds``.
+        datapoint; ``test_elbo`` is ``None`` without a test set) and ``seconds``. With ``beta != 1`` the
+        ``train_elbo`` entry is the weighted training objective, ``test_elbo`` the true ELBO.
+
+    Pyro's global param store is cleared at the start: the parameters live in ``vae`` itself.
     """
     _positive_int("epochs", epochs)
     _positive_int("batch_size", batch_size)
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
         raise ConfigError(f"lr must be a positive number, got {lr!r}")
+    if not (isinstance(beta, (int, float)) and beta >= 0 and math.isfinite(beta)):
+        raise ConfigError(f"beta must be a non-negative number, got {beta!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ConfigError(f"warmup must be a non-negative number of epochs, got {warmup!r}")
     if resume and checkpoint_dir is None:
         raise ConfigError("resume=True needs checkpoint_dir (the run folder to resume from)")
-    device = resolve_device(device)
+    if distributed:
+        rank, world, device = parallel.init(device)
+    else:
+        rank, world, device = 0, 1, resolve_device(device)
+    main = rank == 0
     _check_data(vae, train, "training")
     _check_data(vae, test, "test")
 
-    pyro.set_rng_seed(seed)
-    shuffle = torch.Generator().manual_seed(seed)
+    # fit trains the module's own parameters; an earlier model registered under the same Pyro name would
+    # otherwise linger in the global param store (and confuse JitTrace_ELBO, which reads it)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed + rank)           # own noise (z samples, binarization) on every process ...
+    shuffle = torch.Generator().manual_seed(seed)   # ... but one shared permutation, split by rank
+    shard = (rank, world) if distributed else None
     vae.to(device)
+    if distributed:
+        parallel.broadcast_module(vae)       # identical starting weights everywhere
     train = train.to(device)
-    test = test.to(device) if test is not None else None
+    test = test.to(device) if test is not None and main else None
     opt = (optimizer or torch.optim.Adam)(vae.parameters(), lr=lr)
     loss = loss if loss is not None else Trace_ELBO()
     step_loss = _loss_step(loss, vae)
 
     history, start_epoch = [], 0
     ckpt_path = os.path.join(checkpoint_dir, CHECKPOINT) if checkpoint_dir else None
-    settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
-                "loss": type(loss).__name__, "clip_norm": clip_norm}
+    settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "world_size": world,
+                "loss": type(loss).__name__, "clip_norm": clip_norm, "beta": beta, "warmup": warmup}
     if ckpt_path:
-        _prepare_run_folder(checkpoint_dir, ckpt_path, vae, resume, overwrite)
+        if main:
+            _prepare_run_folder(checkpoint_dir, ckpt_path, vae, resume, overwrite)
+        if distributed:
+            parallel.barrier()
         if resume and os.path.exists(ckpt_path):
             state = load_checkpoint(ckpt_path, map_location=device)
             load_state(vae, state["model"], ckpt_path)
             opt.load_state_dict(state["optimizer"])
             _set_rng_state(state["rng"], device, shuffle)
+            if rank:  # the checkpoint holds rank 0's RNG; the others draw their own noise again
+                torch.manual_seed(seed + rank + 1000 * int(state["epoch"]))
             history, start_epoch = list(state["history"]), int(state["epoch"])
-        save_json({"vae": vae.config, "fit": settings, **(run_info or {})}, os.path.join(checkpoint_dir, CONFIG))
+        if main:
+            save_json({"vae": vae.config, "fit": settings, **(run_info or {})},
+                      os.path.join(checkpoint_dir, CONFIG))
 
-    steps_per_epoch = train.num_batches(batch_size)
+    steps_per_epoch = train.num_batches(batch_size, shard=shard)
+    images_per_epoch = math.ceil(len(train) / world) * world   # with the padding of shard
     bar = tqdm(total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, unit="step",
-               desc="fit", disable=not progress, dynamic_ncols=True)
+               desc="fit", disable=not (progress and main), dynamic_ncols=True)
     vae.train()
     try:
         # argument validation runs once per distribution object; in the hot loop it only costs time
         with pyro.validation_enabled(False):
             for epoch in range(start_epoch + 1, epochs + 1):
                 started = time.perf_counter()
+                if hasattr(vae, "kl_scale"):
+                    vae.kl_scale = beta * min(1.0, epoch / warmup) if warmup else beta
+                # per-step losses stay on the device: reading them every step would sync a GPU each time
                 losses = torch.zeros(steps_per_epoch, device=device)
-                for step, (x, y) in enumerate(train.batches(batch_size, generator=shuffle)):
+                for step, (x, y) in enumerate(train.batches(batch_size, generator=shuffle, shard=shard)):
                     opt.zero_grad(set_to_none=True)
-                    batch_loss = step_loss(x, y)
+                    losses[step] = step_loss(x, y)
+                    if distributed:
+                        parallel.average_gradients(vae.parameters(), world)
                     if clip_norm is not None:
                         torch.nn.utils.clip_grad_norm_(vae.parameters(), clip_norm)
                     opt.step()
-                    losses[step] = batch_loss
                     bar.update()
-                    if step % 50 == 0:
-                        bar.set_postfix_str(f"epoch {epoch} loss/img {batch_loss.item() / x.shape[0]:.2f}")
+                    if main and progress and step % 50 == 0:
+                        bar.set_postfix_str(f"epoch {epoch} loss/img {losses[step].item() / x.shape[0]:.2f}")
+                if distributed:
+                    losses = parallel.all_sum(losses)
                 total = losses.sum().item()
                 if not math.isfinite(total):
                     bad = int((~torch.isfinite(losses)).nonzero()[0])
                     kept = f"the checkpoint of epoch {history[-1]['epoch']} is kept; " if ckpt_path and history else ""
                     raise TrainingError(f"the loss became {losses[bad].item()} at epoch {epoch}, step {bad + 1}; "
                                         f"{kept}lower the learning rate (lr) or clip gradients (clip_norm)")
-                record = {"epoch": epoch, "train_elbo": -total / len(train), "test_elbo": None}
+                record = {"epoch": epoch, "train_elbo": -total / images_per_epoch, "test_elbo": None}
                 if test is not None:
                     record["test_elbo"] = evaluate.elbo(vae, test)["elbo"]
                 record["seconds"] = time.perf_counter() - started
+                if distributed:
+                    record = parallel.share(record)
                 history.append(record)
                 bar.set_postfix_str(f"epoch {epoch} train ELBO {record['train_elbo']:.2f}"
-                                    + ("" if test is None else f" test ELBO {record['test_elbo']:.2f}"))
-                if ckpt_path:
+                                    + ("" if record["test_elbo"] is None else f" test ELBO {record['test_elbo']:.2f}"))
+                if ckpt_path and main:
                     save_checkpoint({"format": 1, "epoch": epoch, "model": vae.state_dict(),
                                      "optimizer": opt.state_dict(), "rng": _rng_state(device, shuffle),
                                      "history": history, "config": vae.config}, ckpt_path)
@@ -169,6 +209,8 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
                     break
     finally:
         bar.close()
+    if distributed:
+        parallel.barrier()   # rank 0's last checkpoint is on disk before anyone moves on
     return history
 
 

@@ -1,0 +1,194 @@
+"""Speed benchmark: ``pyro_vae.fit`` against the same VAE written by hand in PyTorch.
+
+Both sides use the *same* networks (the Pyro tutorial's 784-400-50 softplus MLPs, built from
+``pyro_vae.networks``), the same data resident on the device and batched by index, the same optimizer
+(Adam, lr 1e-3) and a single-sample ELBO. They differ only in how the loss is written: by hand with
+``torch.distributions`` (analytic KL, as in pytorch/examples), or as Pyro ``model``/``guide`` functions
+with a Pyro ELBO. Epochs are timed interleaved (A, B, C, A, B, C, ...) so that machine noise hits every
+method alike, and the median is reported together with its ratio to the hand-written epoch.
+
+    python benchmarks/speed.py                        # CPU, batch sizes 32 128 512, mnist5k (4,000 images)
+    python benchmarks/speed.py --device cuda --dataset fashion-mnist   # 60,000 images on a GPU
+    CI=1 python benchmarks/speed.py                   # smoke mode: seconds
+
+Prints a table and writes JSON (``--json``, default ``benchmarks/results/speed-<device>.json``).
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+import pyro
+from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.optim import Adam as PyroAdam
+
+import pyro_vae as pv
+from pyro_vae.networks import MLPDecoder, MLPEncoder
+
+HIDDEN, LATENT = 400, 50
+
+
+def tutorial_vae(image_shape):
+    return pv.VAE(image_shape=image_shape, latent_dim=LATENT, hidden=(HIDDEN,))
+
+
+def flops_per_image(image_shape):
+    """Multiply-adds x 2 of one forward pass, x 3 for forward + backward."""
+    d = image_shape[0] * image_shape[1] * image_shape[2]
+    forward = 2 * (d * HIDDEN + HIDDEN * 2 * LATENT + LATENT * HIDDEN + HIDDEN * d)
+    return 3 * forward
+
+
+def hand_written_epoch(state, data, batch_size, generator):
+    """One epoch of the plain PyTorch VAE: the loop a user would write without Pyro."""
+    encoder, decoder, opt = state
+    total = torch.zeros((), device=data.images.device)
+    for x, _ in data.batches(batch_size, generator=generator):
+        loc, scale = encoder(x)
+        z = loc + scale * torch.randn_like(loc)
+        logits = decoder(z)
+        log_lik = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+        kl = torch.distributions.kl_divergence(torch.distributions.Normal(loc, scale),
+                                               torch.distributions.Normal(0.0, 1.0)).sum()
+        loss = kl - log_lik
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.detach()
+    return total.item()
+
+
+def make_hand_written(image_shape, device):
+    encoder = MLPEncoder(image_shape, LATENT, (HIDDEN,)).to(device)
+    decoder = MLPDecoder(image_shape, LATENT, (HIDDEN,)).to(device)
+    opt = torch.optim.Adam(list(encoder.parameters()) + list(decoder.parameters()), lr=1e-3)
+    return encoder, decoder, opt
+
+
+def make_fit(loss_factory):
+    """An epoch of ``pv.fit`` with the given ELBO: fit itself runs the loop (one epoch per call)."""
+    def setup(image_shape, device):
+        return {"vae": tutorial_vae(image_shape).to(device), "loss": loss_factory(), "resume": None}
+
+    def epoch(state, data, batch_size, generator):
+        # continue the same model and optimizer: fit is called with epochs=1 on a persistent run
+        vae = state["vae"]
+        return pv.fit(vae, data, epochs=1, batch_size=batch_size, loss=state["loss"], device=data.images.device,
+                      progress=False, seed=int(torch.randint(0, 2 ** 31, (1,), generator=generator)))[0]
+    return setup, epoch
+
+
+def make_svi(image_shape, device):
+    pyro.clear_param_store()
+    vae = tutorial_vae(image_shape).to(device)
+    return vae, SVI(vae.model, vae.guide, PyroAdam({"lr": 1e-3}), loss=Trace_ELBO())
+
+
+def svi_epoch(state, data, batch_size, generator):
+    """The Pyro tutorial's loop: SVI.step per batch (it returns a Python float: one sync per step)."""
+    _, svi = state
+    with pyro.validation_enabled(False):
+        return sum(svi.step(x) for x, _ in data.batches(batch_size, generator=generator))
+
+
+def measure_peak_gflops(device, size=2048, repeats=5):
+    """Rough peak of this machine: GFLOP/s of a large float32 matrix product."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        started = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - started)
+    return 2 * size ** 3 / min(times) / 1e9
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv=None):
+    smoke = bool(os.environ.get("CI"))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="mnist5k")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128, 512])
+    parser.add_argument("--repeats", type=int, default=1 if smoke else 5, help="timed epochs per method")
+    parser.add_argument("--limit", type=int, default=256 if smoke else None, help="use only N training images")
+    parser.add_argument("--methods", nargs="*", default=None)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+
+    device = pv.resolve_device(args.device)
+    train, _ = pv.data.load(args.dataset, binarize="dynamic")
+    if args.limit:
+        train = train.subset(range(min(args.limit, len(train))))
+    train = train.to(device)
+    shape = train.image_shape
+    methods = {
+        "hand-written PyTorch": (make_hand_written, hand_written_epoch),
+        "pyro_vae.fit Trace_ELBO": make_fit(Trace_ELBO),
+        "pyro_vae.fit TraceMeanField_ELBO": make_fit(TraceMeanField_ELBO),
+        "pyro_vae.fit JitTrace_ELBO": make_fit(lambda: JitTrace_ELBO(ignore_jit_warnings=True)),
+        "Pyro SVI.step Trace_ELBO": (make_svi, svi_epoch),
+    }
+    if args.methods:
+        methods = {k: v for k, v in methods.items() if k in args.methods or k == "hand-written PyTorch"}
+    peak = measure_peak_gflops(device)
+    rows = []
+    for batch_size in args.batch_sizes:
+        pyro.set_rng_seed(0)
+        states = {name: setup(shape, device) for name, (setup, _) in methods.items()}
+        generator = torch.Generator().manual_seed(0)
+        for name, (_, epoch) in methods.items():   # warm-up epoch: allocator, JIT traces, caches
+            pyro.clear_param_store()
+            epoch(states[name], train, batch_size, generator)
+        times = {name: [] for name in methods}
+        for _ in range(args.repeats):
+            for name, (_, epoch) in methods.items():
+                pyro.clear_param_store()  # every model registers as "vae": keep them apart
+                sync(device)
+                started = time.perf_counter()
+                epoch(states[name], train, batch_size, generator)
+                sync(device)
+                times[name].append(time.perf_counter() - started)
+        base = statistics.median(times["hand-written PyTorch"])
+        for name in methods:
+            median = statistics.median(times[name])
+            rows.append({"batch_size": batch_size, "method": name, "epoch_seconds": median,
+                         "all_seconds": times[name], "ratio_to_hand_written": median / base,
+                         "images_per_second": len(train) / median,
+                         "gflops": flops_per_image(shape) * len(train) / median / 1e9})
+            print(rows[-1], flush=True)
+
+    print(f"\n{args.dataset}: {len(train)} images {shape}, device {device} "
+          f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}, "
+          f"{torch.get_num_threads()} threads), median of {args.repeats} interleaved epochs; "
+          f"rough peak {peak:.0f} GFLOP/s (float32 matmul)")
+    print(f"{'batch':>5s} {'method':34s} {'epoch s':>8s} {'ratio':>6s} {'img/s':>9s} {'GFLOP/s':>8s}")
+    for r in rows:
+        print(f"{r['batch_size']:5d} {r['method']:34s} {r['epoch_seconds']:8.3f} {r['ratio_to_hand_written']:6.2f} "
+              f"{r['images_per_second']:9.0f} {r['gflops']:8.1f}")
+    out = args.json or os.path.join(os.path.dirname(__file__), "results", f"speed-{device.type}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump({"dataset": args.dataset, "num_images": len(train), "device": str(device),
+                   "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+                   "threads": torch.get_num_threads(), "peak_gflops": peak, "repeats": args.repeats,
+                   "torch": torch.__version__, "pyro": pyro.__version__, "smoke": smoke, "rows": rows,
+                   "argv": sys.argv[1:]}, f, indent=2)
+    print(f"wrote {out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
