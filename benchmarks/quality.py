@@ -32,13 +32,14 @@ import pyro_vae as pv
 class TutorialVAE(nn.Module):
     """The Pyro tutorial's VAE: 784-400-z_dim encoder and z_dim-400-784 decoder, softplus, exp scale."""
 
-    def __init__(self, z_dim=50, hidden_dim=400):
+    def __init__(self, image_shape=(1, 28, 28), z_dim=50, hidden_dim=400):
         super().__init__()
-        self.fc1, self.fc21, self.fc22 = nn.Linear(784, hidden_dim), nn.Linear(hidden_dim, z_dim), \
+        pixels = image_shape[0] * image_shape[1] * image_shape[2]
+        self.fc1, self.fc21, self.fc22 = nn.Linear(pixels, hidden_dim), nn.Linear(hidden_dim, z_dim), \
             nn.Linear(hidden_dim, z_dim)
-        self.fc3, self.fc4 = nn.Linear(z_dim, hidden_dim), nn.Linear(hidden_dim, 784)
+        self.fc3, self.fc4 = nn.Linear(z_dim, hidden_dim), nn.Linear(hidden_dim, pixels)
         self.z_dim = z_dim
-        self.image_shape = (1, 28, 28)
+        self.image_shape = tuple(image_shape)
 
     def encode(self, x):
         h = nn.functional.softplus(self.fc1(x.flatten(-3)))
@@ -65,7 +66,7 @@ def train_peer(train, epochs, seed, device):
     """The tutorial's own loop: SVI.step per mini-batch of 256."""
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
-    peer = TutorialVAE().to(device)
+    peer = TutorialVAE(train.image_shape).to(device)
     svi = SVI(peer.model, peer.guide, Adam({"lr": 1e-3}), loss=Trace_ELBO())
     data = train.to(device)
     generator = torch.Generator().manual_seed(seed)

@@ -1,0 +1,53 @@
+"""Every benchmark script runs in its smoke mode (CI set), so none of them can rot."""
+
+import glob
+import importlib.util
+import json
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = sorted(glob.glob(os.path.join(ROOT, "benchmarks", "*.py")))
+
+
+def _load(path):
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# the smallest arguments that still exercise every code path of each script
+SMOKE_ARGS = {
+    "speed.py": ["--batch-sizes", "64", "--limit", "128"],
+    "quality.py": ["--dataset", "digits", "--epochs", "1", "--limit", "120"],
+    "loglik.py": [],
+}
+
+
+def test_every_benchmark_is_covered():
+    assert {os.path.basename(p) for p in SCRIPTS} <= set(SMOKE_ARGS) | {"m2_accuracy.py"}, \
+        "a new benchmark script needs an entry in SMOKE_ARGS"
+
+
+@pytest.mark.parametrize("name", sorted(SMOKE_ARGS))
+def test_benchmark_smoke(name, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CI", "1")
+    out = tmp_path / "result.json"
+    _load(os.path.join(ROOT, "benchmarks", name)).main(SMOKE_ARGS[name] + ["--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["smoke"] is True
+    printed = capsys.readouterr().out
+    assert "wrote" in printed
+    if name == "speed.py":
+        methods = {row["method"] for row in result["rows"]}
+        assert "hand-written PyTorch" in methods and "pyro_vae.fit Trace_ELBO" in methods
+        assert all(row["epoch_seconds"] > 0 and row["ratio_to_hand_written"] > 0 for row in result["rows"])
+        assert result["peak_gflops"] > 0
+    elif name == "quality.py":
+        configs = {row["config"] for row in result["rows"]}
+        assert any(c.startswith("peer") for c in configs) and "pyro_vae default" in configs
+        assert all(row["log_px"] < 0 and row["log_px"] >= row["test_elbo"] - 2.0 for row in result["rows"])
+    else:
+        assert result["log_px"] >= result["elbo"] - 2.0 and result["seconds"] > 0
