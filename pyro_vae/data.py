@@ -41,6 +41,7 @@ DEFAULT_DATA_DIR = os.path.join("~", ".cache", "pyro_vae")
 # The split of the small bundled datasets must not move with the user's seed, otherwise test scores of
 # runs with different seeds would be measured on different test sets.
 _SPLIT_SEED = 0
+_TEST_SEED = 1
 _MNIST5K_TRAIN = 4000
 _DIGITS_TRAIN = 1497
 
@@ -486,8 +487,8 @@ def load(name="mnist5k", data_dir=None, binarize="none", test_binarize=None, see
     :param binarize: binarization of the training set, one of :data:`BINARIZATIONS`.
     :param test_binarize: binarization of the test set; by default ``"static"`` when ``binarize`` is
         ``"dynamic"`` (the usual protocol: a fixed binarized test set), else the same as ``binarize``.
-    :param int seed: seed of static binarization (the test set uses ``seed + 1``). The train/test split of
-        ``mnist5k`` and ``digits`` is fixed and does not depend on it.
+    :param int seed: seed of the training set's static binarization. The test set's static binarization
+        and the train/test split of ``mnist5k`` and ``digits`` are fixed and do not depend on it.
     :param bool download: let torchvision download missing files.
     :return: ``(train, test)`` :class:`ImageDataset` pair; images (N, 1, H, W) in [0, 1], labels (N,).
     :raises DataError: on an unknown name, missing or corrupt files, or a failed download.
@@ -514,6 +515,9 @@ def load(name="mnist5k", data_dir=None, binarize="none", test_binarize=None, see
     elif isinstance(name, (str, os.PathLike)) and os.path.isdir(os.path.expanduser(os.fspath(name))):
         arrays = _load_idx(os.path.expanduser(os.fspath(name)))
         name = os.path.basename(os.path.normpath(os.fspath(name)))
+    elif isinstance(name, os.PathLike) or (name_is_str and os.sep in name):
+        raise DataError(f"data folder {os.fspath(name)!r} does not exist; check the path, or use one of "
+                        f"{', '.join(DATASETS)}")
     else:
         raise DataError(
             f"unknown dataset {name!r}; use one of {', '.join(DATASETS)}, 'idx' with data_dir, "
@@ -522,5 +526,7 @@ def load(name="mnist5k", data_dir=None, binarize="none", test_binarize=None, see
 
     train_x, train_y, test_x, test_y = arrays
     train = ImageDataset(train_x, train_y, binarize=binarize, seed=seed, name=f"{name}/train")
-    test = ImageDataset(test_x, test_y, binarize=test_binarize, seed=seed + 1, name=f"{name}/test")
+    # the test set's binarization does not follow the training seed: runs with different seeds are
+    # then scored on the very same binary test images
+    test = ImageDataset(test_x, test_y, binarize=test_binarize, seed=_TEST_SEED, name=f"{name}/test")
     return train, test

@@ -84,7 +84,7 @@ def test_bad_input_gets_one_line_errors(tmp_path):
     _one_line_error(run_cli("train", "--likelihood", "poisson"), "unknown likelihood", "bernoulli")
     _one_line_error(run_cli("train", "--epochs", "0"), "positive")
     _one_line_error(run_cli("train", "--batch-size", "-5"), "positive")
-    _one_line_error(run_cli("train", "--dataset", tmp_path / "missing"), "missing")
+    _one_line_error(run_cli("train", "--dataset", tmp_path / "missing"), "does not exist")
     (tmp_path / "empty").mkdir()
     _one_line_error(run_cli("train", "--dataset", tmp_path / "empty"), "empty")
     _one_line_error(run_cli("train", "--dataset", _truncated_idx_folder(tmp_path / "idx")), "truncated")
