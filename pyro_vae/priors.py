@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import pyro.distributions as dist
+from pyro.distributions.transforms import AffineAutoregressive
+from pyro.nn import AutoRegressiveNN
 
 from .errors import ConfigError
 
@@ -93,3 +95,121 @@ class MixtureOfGaussians(Prior):
 
     def config(self):
         return {"num_components": self.num_components, "spread": self.spread}
+
+
+def _permutation(latent_dim, index):
+    # Alternate the autoregressive order between flows so every coordinate is conditioned on every other
+    # one after two flows; a fixed order (not AutoRegressiveNN's random default) makes construction
+    # deterministic, so a rebuilt model equals the saved one even before load_state_dict.
+    order = torch.arange(latent_dim)
+    return order if index % 2 == 0 else order.flip(0)
+
+
+class VampPrior(Prior):
+    r"""The variational mixture of posteriors of Tomczak & Welling (2018).
+
+    p(z) = (1/K) sum_k q0(z | u_k): an equally weighted mixture of the encoder's diagonal Normals at K
+    learned pseudo-inputs u_k, each of the image shape ``(C, H, W)`` with pixels in (0, 1) (a parameter
+    passed through a sigmoid). The components are always the encoder's diagonal Normal q0, also when
+    the VAE's posterior adds flows on top of it (a mixture of flows would cost K flow passes per z).
+
+    The prior shares the VAE's encoder, so it is set up by the VAE (``vae.encoder``, ``vae.image_shape``)
+    and works only inside one. Its state is the pseudo-inputs alone: the encoder is saved once, as part
+    of the VAE.
+
+    :param int num_pseudo_inputs: number of pseudo-inputs K (the paper uses 500 on MNIST).
+    """
+
+    def __init__(self, num_pseudo_inputs=500):
+        super().__init__()
+        if isinstance(num_pseudo_inputs, bool) or int(num_pseudo_inputs) != num_pseudo_inputs \
+                or num_pseudo_inputs < 1:
+            raise ConfigError(f"num_pseudo_inputs must be a positive integer, got {num_pseudo_inputs!r}")
+        self.num_pseudo_inputs = int(num_pseudo_inputs)
+        # a plain list hides the encoder from nn.Module: registering it here as well would duplicate its
+        # entries in the VAE's state_dict and make the module graph cyclic
+        self._shared = []
+
+    def build(self, latent_dim, vae):
+        if vae is None or not hasattr(vae, "encoder") or not hasattr(vae, "image_shape"):
+            raise ConfigError("VampPrior needs the VAE's encoder; pass it to VAE(prior=VampPrior(...)) "
+                              "instead of setting it up alone")
+        self._shared[:] = [vae.encoder]
+        generator = torch.Generator().manual_seed(0)
+        # sigmoid(N(0, 1)) puts ~95% of the initial pixels in (0.12, 0.88): distinct pseudo-inputs, few
+        # saturated (where the sigmoid is flat, SGD barely moves a pixel)
+        self.raw_pseudo_inputs = nn.Parameter(
+            torch.randn((self.num_pseudo_inputs,) + tuple(vae.image_shape), generator=generator))
+
+    @property
+    def encoder(self):
+        """The VAE's encoder (not a submodule of the prior)."""
+        return self._shared[0]
+
+    @property
+    def pseudo_inputs(self):
+        """The pseudo-inputs u_k, ``(K, C, H, W)``, pixels in (0, 1)."""
+        return torch.sigmoid(self.raw_pseudo_inputs)
+
+    @torch.no_grad()
+    def initialize(self, images):
+        """Start the pseudo-inputs at real images instead of random noise (call before training).
+
+        :param images: tensor ``(M, C, H, W)`` with pixels in [0, 1]; the first K are used, cycling if M < K.
+        """
+        index = torch.arange(self.num_pseudo_inputs) % images.shape[0]
+        chosen = images[index].to(self.raw_pseudo_inputs)
+        # keep the start away from 0 and 1, where the logit is infinite and the sigmoid's gradient vanishes
+        self.raw_pseudo_inputs.copy_(torch.logit(chosen.clamp(0.01, 0.99)))
+
+    def forward(self):
+        loc, scale = self.encoder(self.pseudo_inputs)              # (K, latent_dim) each
+        components = dist.Normal(loc, scale).to_event(1)
+        weights = dist.Categorical(logits=loc.new_zeros(self.num_pseudo_inputs))
+        return dist.MixtureSameFamily(weights, components)
+
+    def config(self):
+        return {"num_pseudo_inputs": self.num_pseudo_inputs}
+
+
+class FlowPrior(Prior):
+    r"""A normalizing-flow prior: N(0, I) pushed through learned affine autoregressive transforms.
+
+    z = f_L^{-1}( ... f_1^{-1}(u)),  u ~ N(0, I), where each f_l is Pyro's
+    :class:`~pyro.distributions.transforms.AffineAutoregressive` (a MADE network, Germain et al. 2015),
+    with the autoregressive order reversed between flows (the unbounded ``exp`` scale, clipped by Pyro,
+    so the prior can grow narrower as well as wider than N(0, I)). The flows are used in the *inverse*
+    direction (masked autoregressive flow, Papamakarios et al. 2017): log p(z) -- needed at every
+    training step for codes drawn from q(z|x) -- costs one network pass per flow, while drawing from
+    the prior (only for pictures) costs ``latent_dim`` passes.
+
+    :param int num_flows: number of transforms L.
+    :param int hidden: width of the two hidden layers of each autoregressive network.
+    """
+
+    def __init__(self, num_flows=2, hidden=64):
+        super().__init__()
+        for name, value in (("num_flows", num_flows), ("hidden", hidden)):
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise ConfigError(f"FlowPrior {name} must be a positive integer, got {value!r}")
+        self.num_flows = int(num_flows)
+        self.hidden = int(hidden)
+
+    def build(self, latent_dim, vae):
+        self.register_buffer("loc", torch.zeros(latent_dim))
+        self.register_buffer("scale", torch.ones(latent_dim))
+        # nn.ModuleList registers the networks, so they train, move with .to() and are saved
+        self.networks = nn.ModuleList(
+            AutoRegressiveNN(latent_dim, [self.hidden, self.hidden], permutation=_permutation(latent_dim, i))
+            for i in range(self.num_flows))
+
+    def forward(self):
+        # Fresh transform objects per call: a transform caches its last (input, output) pair, and a cache
+        # kept on the module would pin the last batch's tensors and make the model impossible to deepcopy.
+        flows = [AffineAutoregressive(network) for network in self.networks]
+        # flows[0] is applied to z first when scoring, so it sits last on the sampling path
+        return dist.TransformedDistribution(dist.Normal(self.loc, self.scale).to_event(1),
+                                            [flow.inv for flow in reversed(flows)])
+
+    def config(self):
+        return {"num_flows": self.num_flows, "hidden": self.hidden}

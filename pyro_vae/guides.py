@@ -1,0 +1,96 @@
+"""Posterior families for the recognition model q(z|x).
+
+A posterior module turns the encoder's output ``(loc, scale)``, each ``(..., latent_dim)``, into a
+distribution over z with ``event_shape == (latent_dim,)``. The VAE's guide samples ``z`` from it, so
+swapping the family is passing another object: ``VAE(posterior=...)``.
+"""
+
+import torch
+from torch import nn
+
+import pyro.distributions as dist
+from pyro.distributions.transforms import AffineAutoregressive, ConditionalAffineAutoregressive
+from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
+
+from .errors import ConfigError
+
+
+class DiagonalNormal(nn.Module):
+    """q(z|x) = N(loc(x), diag(scale(x)^2)): the recognition model of the AEVB paper."""
+
+    def forward(self, loc, scale):
+        return dist.Normal(loc, scale).to_event(1)
+
+    def setup(self, latent_dim):
+        """Called once by the VAE with the latent size (for posteriors with parameters of their own)."""
+
+    def config(self):
+        return {}
+
+
+class IAF(nn.Module):
+    r"""Inverse autoregressive flow posterior (Kingma et al. 2016).
+
+    z_0 ~ N(loc(x), diag(scale(x)^2)),  z_l = f_l(z_{l-1}; h(x))  for l = 1..L,  z = z_L,
+
+    where each f_l is Pyro's affine autoregressive transform in its "stable" form,
+    z_l = s * z_{l-1} + (1 - s) * m with ``(m, logit s)`` from a MADE network of z_{l-1} (the IAF
+    paper's update), and the autoregressive order is reversed between flows. Sampling takes one network
+    pass per flow and is reparameterised, so ``Trace_ELBO`` and IWAE work unchanged; the density of the
+    flow's own samples reuses the transforms' cache (no inversion). Scoring any other z of shape
+    ``(..., latent_dim)`` inverts the flows, at ``latent_dim`` passes per flow: correct, just slower.
+
+    :param int num_flows: number of transforms L.
+    :param int hidden: width of the two hidden layers of each autoregressive network.
+    :param bool conditional: feed the context h(x) = (loc(x), log scale(x)), the encoder's output,
+        to every autoregressive network as an extra input, so the shape of the flow (not only its
+        starting point) depends on the image; ``False`` gives one flow shared by all images.
+    """
+
+    def __init__(self, num_flows=2, hidden=64, conditional=True):
+        super().__init__()
+        for name, value in (("num_flows", num_flows), ("hidden", hidden)):
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise ConfigError(f"IAF {name} must be a positive integer, got {value!r}")
+        self.num_flows = int(num_flows)
+        self.hidden = int(hidden)
+        self.conditional = bool(conditional)
+        self.latent_dim = None
+
+    def setup(self, latent_dim):
+        """Build the flows for ``latent_dim`` (called once by the VAE)."""
+        if self.latent_dim is not None:
+            if self.latent_dim != latent_dim:
+                raise ConfigError(f"this IAF was already set up for latent_dim={self.latent_dim}; "
+                                  f"create a new IAF object for latent_dim={latent_dim}")
+            return
+        self.latent_dim = int(latent_dim)
+        hidden = [self.hidden, self.hidden]
+        flows = []
+        for i in range(self.num_flows):
+            # a fixed order instead of AutoRegressiveNN's random default: construction is deterministic
+            order = torch.arange(self.latent_dim)
+            order = order if i % 2 == 0 else order.flip(0)
+            if self.conditional:
+                net = ConditionalAutoRegressiveNN(self.latent_dim, 2 * self.latent_dim, hidden, permutation=order)
+                flows.append(ConditionalAffineAutoregressive(net, stable=True))
+            else:
+                # only the network is kept: the transform is rebuilt per call, see forward
+                flows.append(AutoRegressiveNN(self.latent_dim, hidden, permutation=order))
+        self.flows = nn.ModuleList(flows)
+
+    def forward(self, loc, scale):
+        """:param loc: ``(..., latent_dim)``. :param scale: ``(..., latent_dim)``, positive.
+        :returns: distribution with batch shape ``loc.shape[:-1]`` and event shape ``(latent_dim,)``."""
+        base = dist.Normal(loc, scale).to_event(1)
+        if self.conditional:
+            context = torch.cat([loc, scale.log()], dim=-1)
+            transforms = [flow.condition(context) for flow in self.flows]
+        else:
+            # new transform objects per call, like the conditioned ones: their sample cache lives and dies
+            # with this distribution instead of pinning tensors on the module (which also breaks deepcopy)
+            transforms = [AffineAutoregressive(network, stable=True) for network in self.flows]
+        return dist.TransformedDistribution(base, transforms)
+
+    def config(self):
+        return {"num_flows": self.num_flows, "hidden": self.hidden, "conditional": self.conditional}
