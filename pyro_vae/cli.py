@@ -6,6 +6,9 @@ This module is the only place that maps names (strings) to classes; the library 
     pyro-vae train --prior mog --likelihood continuous-bernoulli --latent-dim 2 --out runs/cb2d
     pyro-vae evaluate runs/cb2d --num-samples 5000
     pyro-vae sample runs/cb2d --num 100
+    pyro-vae train --objective iwae --num-particles 5 --beta 1 --warmup 10
+    pyro-vae train --model m2 --labels 100 --latent-dim 16     # semi-supervised, 100 labelled digits
+    pyro-vae train --model cvae && pyro-vae sample RUN         # one row per digit
 """
 
 import argparse
@@ -14,9 +17,12 @@ import sys
 import time
 
 import pyro
+import torch
+from pyro.infer import RenyiELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
 from . import data as data_module
-from . import evaluate, likelihoods, networks, plots, priors
+from . import distributed as parallel
+from . import evaluate, extended, guides, likelihoods, networks, plots, priors
 from .checkpoint import CHECKPOINT, METRICS, load_json, load_run, save_json
 from .errors import ConfigError, PyroVAEError
 from .model import VAE
@@ -26,13 +32,30 @@ PRIORS = {
     "standard": lambda args: priors.StandardNormal(),
     "learned-normal": lambda args: priors.LearnedNormal(),
     "mog": lambda args: priors.MixtureOfGaussians(args.num_components),
+    "vamp": lambda args: priors.VampPrior(num_pseudo_inputs=args.num_pseudo_inputs),
+    "flow": lambda args: priors.FlowPrior(num_flows=args.num_flows, hidden=args.flow_hidden),
 }
 LIKELIHOODS = {
     "bernoulli": lambda args: likelihoods.Bernoulli(),
     "continuous-bernoulli": lambda args: likelihoods.ContinuousBernoulli(),
     "normal": lambda args: likelihoods.Normal(scale=args.normal_scale),
-    "normal-learned": lambda args: likelihoods.Normal(scale="learned"),
+    "normal-shared": lambda args: likelihoods.Normal(scale="learned"),     # one learned scale for all pixels
+    "normal-learned": lambda args: likelihoods.Normal(scale="per-pixel"),  # a scale per pixel, from the decoder
+    "laplace": lambda args: likelihoods.Laplace(scale="per-pixel"),
+    "logistic": lambda args: likelihoods.DiscretizedLogistic(),
 }
+GUIDES = {
+    "normal": lambda args: guides.DiagonalNormal(),
+    "iaf": lambda args: guides.IAF(num_flows=args.num_flows, hidden=args.flow_hidden),
+}
+#: name -> (ELBO class, keyword arguments); K particles are always vectorized (extra samples at dim -2)
+OBJECTIVES = {
+    "elbo": (Trace_ELBO, {}),
+    "meanfield": (TraceMeanField_ELBO, {}),   # analytic KL where registered, Monte Carlo elsewhere
+    "iwae": (RenyiELBO, {"alpha": 0}),         # the importance-weighted bound of Burda et al. (2016)
+}
+#: model kinds; cvae and m2 need labelled data
+MODEL_KINDS = ("vae", "cvae", "m2", "hvae")
 NETWORKS = {
     "mlp": lambda shape, args, ppp: (networks.MLPEncoder(shape, args.latent_dim, args.hidden),
                                      networks.MLPDecoder(shape, args.latent_dim, args.hidden[::-1], ppp)),
@@ -61,6 +84,26 @@ def _positive(kind):
     return parse
 
 
+def _non_negative_int(value):
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value!r}")
+    return number
+
+
+def _non_negative_float(value):
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}") from None
+    if not 0 <= number < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value!r}")
+    return number
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders in Pyro.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -78,6 +121,26 @@ def build_parser():
     train.add_argument("--normal-scale", type=_positive(float), default=0.1, help="fixed scale of 'normal'")
     train.add_argument("--network", type=_choice(NETWORKS, "network"), default="mlp", help=", ".join(NETWORKS))
     train.add_argument("--hidden", type=_positive(int), nargs="+", default=[512, 256], help="MLP widths")
+    train.add_argument("--model", type=_choice(MODEL_KINDS, "model"), default="vae",
+                       help="vae, cvae (conditional on the label), m2 (semi-supervised), hvae (z2 -> z1 -> x)")
+    train.add_argument("--labels", type=_non_negative_int, default=None,
+                       help="m2: number of labelled training images, class-balanced (default: all)")
+    train.add_argument("--alpha", type=_non_negative_float, default=50.0,
+                       help="m2: weight of the classification term alpha * log q(y|x) per labelled image")
+    train.add_argument("--top-latent-dim", type=_positive(int), default=16,
+                       help="hvae: size of z2 (--latent-dim is the size of z1)")
+    train.add_argument("--guide", type=_choice(GUIDES, "guide"), default="normal",
+                       help="posterior family: normal (diagonal), iaf (inverse autoregressive flow)")
+    train.add_argument("--num-pseudo-inputs", type=_positive(int), default=500, help="vamp prior")
+    train.add_argument("--num-flows", type=_positive(int), default=2, help="flow prior, iaf guide")
+    train.add_argument("--flow-hidden", type=_positive(int), default=64, help="flow prior, iaf guide")
+    train.add_argument("--objective", type=_choice(OBJECTIVES, "objective"), default="elbo",
+                       help="elbo (Trace_ELBO), meanfield (TraceMeanField_ELBO), iwae (RenyiELBO alpha=0)")
+    train.add_argument("--num-particles", type=_positive(int), default=None,
+                       help="samples per image K, vectorized (default 1; 5 for iwae)")
+    train.add_argument("--beta", type=_non_negative_float, default=1.0, help="weight of the KL term (beta-VAE)")
+    train.add_argument("--warmup", type=_non_negative_int, default=0,
+                       help="KL warm-up: the KL weight grows linearly to --beta over this many epochs")
     train.add_argument("--binarize", type=_choice(data_module.BINARIZATIONS, "binarization"), default=None,
                        help="none, static or dynamic (default: dynamic for bernoulli, else none)")
     train.add_argument("--epochs", type=_positive(int), default=100)
@@ -92,6 +155,8 @@ def build_parser():
     train.add_argument("--eval-samples", type=_positive(int), default=1000,
                        help="importance samples K for the final test log p(x)")
     train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel training; launch with torchrun --nproc_per_node=N -m pyro_vae.cli train ...")
 
     ev = commands.add_parser("evaluate", help="test ELBO and importance-sampled log p(x) of a run")
     ev.add_argument("run", help="run folder")
@@ -112,24 +177,91 @@ def _load_data(info):
                             seed=info.get("seed", 0))
 
 
+def _check_combination(args):
+    """One-line :class:`ConfigError` for settings that make no sense together (before loading any data)."""
+    labelled = args.model in ("cvae", "m2")
+    if args.labels is not None and args.model != "m2":
+        raise ConfigError(f"--labels sets how many images keep their label for --model m2; drop it for --model {args.model}")
+    if args.model == "m2" and args.objective != "elbo":
+        raise ConfigError(f"--model m2 sums the unknown labels out exactly (TraceEnum_ELBO), which --objective "
+                          f"{args.objective} cannot do; use --objective elbo (with --num-particles K if wanted)")
+    if args.model == "hvae" and args.objective == "meanfield":
+        raise ConfigError("--objective meanfield needs a mean-field guide, but hvae's guide q(z1|x) q(z2|z1) makes "
+                          "z2 depend on z1 (the analytic KL would be biased); use --objective elbo or iwae")
+    if labelled and args.network != "mlp":
+        raise ConfigError(f"--model {args.model} feeds the label to an MLP encoder; drop --network {args.network}")
+    if labelled and args.prior == "vamp":
+        raise ConfigError(f"--prior vamp mixes the encoder's posteriors at pseudo-images, but --model {args.model}'s "
+                          f"encoder also needs the label; choose another --prior")
+    if args.objective == "iwae" and args.num_particles == 1:
+        raise ConfigError("--objective iwae with one particle is the plain ELBO; use --num-particles 2 or more")
+
+
+def _objective(args):
+    """The Pyro ELBO instance, and what config.json records about it."""
+    particles = args.num_particles or (5 if args.objective == "iwae" else 1)
+    common = {"num_particles": particles, "vectorize_particles": particles > 1}
+    if args.model == "m2":
+        # fully labelled batches (e.g. the test set) have nothing to enumerate: not worth a warning
+        loss = TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False, **common)
+    else:
+        cls, kwargs = OBJECTIVES[args.objective]
+        loss = cls(**kwargs, **common)
+    return loss, {"name": args.objective, "loss": type(loss).__name__, "num_particles": particles}
+
+
+def _build_model(args, train, likelihood):
+    kind = args.model
+    prior, posterior = PRIORS[args.prior](args), GUIDES[args.guide](args)
+    if kind in ("cvae", "m2"):
+        if train.labels is None:
+            raise ConfigError(f"--model {kind} needs labelled data but {train.name!r} has no labels")
+        num_classes = int(train.labels.max()) + 1
+        cls = extended.ConditionalVAE if kind == "cvae" else extended.M2
+        extra = {"alpha": args.alpha} if kind == "m2" else {}
+        return cls(image_shape=train.image_shape, latent_dim=args.latent_dim, num_classes=num_classes, prior=prior,
+                   likelihood=likelihood, posterior=posterior, hidden=args.hidden, **extra)
+    encoder, decoder = NETWORKS[args.network](train.image_shape, args, likelihood.params_per_pixel)
+    if kind == "hvae":
+        return extended.HierarchicalVAE(image_shape=train.image_shape, latent_dims=(args.latent_dim, args.top_latent_dim),
+                                        encoder=encoder, decoder=decoder, prior=prior, likelihood=likelihood,
+                                        posterior=posterior)
+    return VAE(image_shape=train.image_shape, latent_dim=args.latent_dim, encoder=encoder, decoder=decoder,
+               prior=prior, likelihood=likelihood, posterior=posterior)
+
+
+def _scored(vae, test):
+    """The test set the generative scores use: M2 is scored on log p(x), its labels are for accuracy."""
+    return extended.without_labels(test) if isinstance(vae, extended.M2) else test
+
+
 def cmd_train(args):
-    device = resolve_device(args.device)  # fail fast, before loading data
+    _check_combination(args)
+    # fail fast, before loading data
+    device = parallel.init(args.device)[2] if args.distributed else resolve_device(args.device)
     binarize = args.binarize or ("dynamic" if args.likelihood == "bernoulli" else "none")
     data_info = {"dataset": args.dataset, "data_dir": args.data_dir, "binarize": binarize, "seed": args.seed}
     train, test = _load_data(data_info)
+    if args.model == "m2" and args.labels is not None:
+        train = extended.keep_labels(train, args.labels, seed=args.seed)
     pyro.set_rng_seed(args.seed)  # the initial weights depend on it too
-    likelihood = LIKELIHOODS[args.likelihood](args)
-    encoder, decoder = NETWORKS[args.network](train.image_shape, args, likelihood.params_per_pixel)
-    vae = VAE(image_shape=train.image_shape, latent_dim=args.latent_dim, encoder=encoder, decoder=decoder,
-              prior=PRIORS[args.prior](args), likelihood=likelihood)
+    vae = _build_model(args, train, LIKELIHOODS[args.likelihood](args))
+    loss, objective = _objective(args)
     out = args.out or os.path.join("runs", f"{os.path.basename(os.path.normpath(args.dataset))}-"
                                            f"{time.strftime('%Y%m%d-%H%M%S')}")
-    print(f"training on {train.name} ({len(train)} train / {len(test)} test, {binarize} binarization) "
-          f"on {device}; writing {out}")
-    history = fit(vae, train, test=test, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    if args.distributed:
+        out = parallel.share(out)  # one run folder, named by rank 0
+    if parallel.is_main():
+        print(f"training on {train.name} ({len(train)} train / {len(test)} test, {binarize} binarization) "
+              f"on {device}; writing {out}")
+    run_info = {"data": data_info, "cli": sys.argv[1:], "model": args.model, "objective": objective,
+                "labels": args.labels if args.model == "m2" else None}
+    history = fit(vae, train, test=_scored(vae, test), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                   seed=args.seed, device=device, checkpoint_dir=out, resume=args.resume,
                   overwrite=args.overwrite, progress=not args.no_progress, clip_norm=args.clip_norm,
-                  run_info={"data": data_info, "cli": sys.argv[1:]})
+                  loss=loss, beta=args.beta, warmup=args.warmup, distributed=args.distributed, run_info=run_info)
+    if not parallel.is_main():
+        return 0   # rank 0 evaluates and writes the pictures
     metrics = _evaluate_run(vae, test, args.eval_samples)
     save_json({"history": history, "test": metrics}, os.path.join(out, METRICS))
     figures = plots.save_all(vae, train.images, train.labels, test.images, history, out, test_labels=test.labels)
@@ -140,16 +272,22 @@ def cmd_train(args):
 
 
 def _evaluate_run(vae, test, num_samples):
-    result = evaluate.report(vae, test, num_samples=num_samples)
+    result = evaluate.report(vae, _scored(vae, test), num_samples=num_samples)
     result["dataset"] = test.name
+    # a ConditionalVAE conditions on the label: its score is log p(x|y)
+    result["quantity"] = "log p(x|y)" if type(vae) is extended.ConditionalVAE else "log p(x)"
+    if isinstance(vae, extended.M2):
+        result["accuracy"] = extended.accuracy(vae, test)
     return result
 
 
 def _print_metrics(m):
     print(f"test ({m['dataset']}, {m['num_datapoints']} images, {m['binarize']} binarization): "
           f"ELBO {m['elbo']:.2f} nats (reconstruction {m['reconstruction']:.2f}, KL {m['kl']:.2f}); "
-          f"log p(x) {m['log_likelihood']:.2f} nats with K={m['num_samples']} "
+          f"{m.get('quantity', 'log p(x)')} {m['log_likelihood']:.2f} nats with K={m['num_samples']} "
           f"({m['nll_bits_per_dim']:.4f} bits/dim); active units {m['active_units']}")
+    if "accuracy" in m:
+        print(f"test accuracy of q(y|x): {m['accuracy']:.4f}")
 
 
 def cmd_evaluate(args):
@@ -169,7 +307,14 @@ def cmd_sample(args):
     device = resolve_device(args.device)
     vae, _, _ = load_run(args.run, device=device)
     out = args.out or os.path.join(args.run, "samples.png")
-    plots.samples(vae, n=args.num, path=out, seed=args.seed)
+    if isinstance(vae, extended.ConditionalVAE):   # cvae and m2: one row per class, one style per column
+        torch.manual_seed(args.seed)
+        per_class = max(1, round(args.num / vae.num_classes))
+        with torch.no_grad():
+            images = vae.sample_by_class(per_class).cpu()
+        plots.show_images(images, title="One row per class", nrow=per_class, path=out)
+    else:
+        plots.samples(vae, n=args.num, path=out, seed=args.seed)
     print(f"wrote {out}")
     return 0
 
@@ -188,6 +333,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("pyro-vae: interrupted; the last completed epoch is saved, continue with --resume", file=sys.stderr)
         return 130
+    finally:
+        parallel.shutdown()
 
 
 if __name__ == "__main__":

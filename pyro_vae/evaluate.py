@@ -8,6 +8,7 @@ Numbers are per datapoint in nats; :func:`bits_per_dim` converts. The binarizati
 (none / static / dynamic) is part of what the number means: report it alongside.
 """
 
+import contextlib
 import math
 
 import torch
@@ -29,6 +30,19 @@ def _vectorize(fn, num_particles):
     return wrapped
 
 
+@contextlib.contextmanager
+def _unscaled(vae):
+    """Evaluate the true model even while a beta / warm-up weight is set on the latent sites."""
+    saved = getattr(vae, "kl_scale", None)
+    if saved is not None:
+        vae.kl_scale = 1.0
+    try:
+        yield
+    finally:
+        if saved is not None:
+            vae.kl_scale = saved
+
+
 def log_weight_terms(vae, x, y=None, num_particles=1):
     """Per-datapoint terms of the importance weights log p(x, z) - log q(z|x), for z ~ q(z|x).
 
@@ -40,9 +54,10 @@ def log_weight_terms(vae, x, y=None, num_particles=1):
         ``log_prior`` (latent sites of the model, log p(z)), ``log_posterior`` (guide sites, log q(z|x)).
     """
     shape = (num_particles, x.shape[-4])
-    guide_trace = poutine.trace(_vectorize(vae.guide, num_particles)).get_trace(x, y)
-    model_trace = poutine.trace(
-        poutine.replay(_vectorize(vae.model, num_particles), trace=guide_trace)).get_trace(x, y)
+    with _unscaled(vae):
+        guide_trace = poutine.trace(_vectorize(vae.guide, num_particles)).get_trace(x, y)
+        model_trace = poutine.trace(
+            poutine.replay(_vectorize(vae.model, num_particles), trace=guide_trace)).get_trace(x, y)
     model_trace.compute_log_prob()
     guide_trace.compute_log_prob()
     zero = x.new_zeros(shape)
@@ -73,6 +88,8 @@ def _batches(data, batch_size, device):
 def _check(vae, data):
     if hasattr(data, "images") and hasattr(vae, "likelihood"):
         vae.likelihood.check_data(data)
+        if hasattr(vae, "check_data"):   # e.g. a conditional model that needs a label for every image
+            vae.check_data(data)
         if tuple(data.image_shape) != tuple(vae.image_shape):
             raise DataError(f"images of shape {tuple(data.image_shape)} do not fit a model built for "
                             f"{tuple(vae.image_shape)}; build the VAE with image_shape={tuple(data.image_shape)}")

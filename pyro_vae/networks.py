@@ -30,6 +30,14 @@ def _check_shape(image_shape):
     return shape
 
 
+def _activation(name):
+    # looked up by name in torch.nn, so the choice is JSON-serialisable in a run's config
+    cls = getattr(nn, str(name), None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ConfigError(f"unknown activation {name!r}; use the name of a torch.nn activation, e.g. 'SiLU'")
+    return cls
+
+
 def _mlp(sizes, activation):
     layers = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -57,17 +65,19 @@ class MLPEncoder(nn.Module):
     :param tuple image_shape: ``(C, H, W)`` of one image.
     :param int latent_dim: size of z.
     :param tuple hidden: widths of the hidden layers.
+    :param str activation: name of a ``torch.nn`` activation class.
     """
 
-    def __init__(self, image_shape, latent_dim, hidden=(512, 256)):
+    def __init__(self, image_shape, latent_dim, hidden=(512, 256), activation="Softplus"):
         super().__init__()
         self.image_shape = _check_shape(image_shape)
         self.latent_dim = int(latent_dim)
         self.hidden = [int(h) for h in hidden]
-        self.net = _mlp([math.prod(self.image_shape), *self.hidden, 2 * self.latent_dim], nn.Softplus)
+        self.activation = activation
+        self.net = _mlp([math.prod(self.image_shape), *self.hidden, 2 * self.latent_dim], _activation(activation))
 
     def config(self):
-        return {"hidden": self.hidden}
+        return {"hidden": self.hidden, "activation": self.activation}
 
     def forward(self, x):
         """:param x: images ``(..., C, H, W)``. :returns: ``(loc, scale)``, each ``(..., latent_dim)``."""
@@ -82,21 +92,23 @@ class MLPDecoder(nn.Module):
     :param int latent_dim: size of z.
     :param tuple hidden: widths of the hidden layers, from z upwards.
     :param int params_per_pixel: how many numbers the likelihood needs per pixel (1 for Bernoulli logits).
+    :param str activation: name of a ``torch.nn`` activation class.
 
     ``config()`` returns the keyword arguments (besides shapes) that rebuild a network; the VAE saves
     them in a run's ``config.json``.
     """
 
-    def __init__(self, image_shape, latent_dim, hidden=(256, 512), params_per_pixel=1):
+    def __init__(self, image_shape, latent_dim, hidden=(256, 512), params_per_pixel=1, activation="Softplus"):
         super().__init__()
         self.image_shape = _check_shape(image_shape)
         c, h, w = self.image_shape
         self.out_shape = (params_per_pixel * c, h, w)
         self.hidden = [int(h) for h in hidden]
-        self.net = _mlp([int(latent_dim), *self.hidden, math.prod(self.out_shape)], nn.Softplus)
+        self.activation = activation
+        self.net = _mlp([int(latent_dim), *self.hidden, math.prod(self.out_shape)], _activation(activation))
 
     def config(self):
-        return {"hidden": self.hidden}
+        return {"hidden": self.hidden, "activation": self.activation}
 
     def forward(self, z):
         """:param z: codes ``(..., latent_dim)``. :returns: likelihood parameters ``(..., P*C, H, W)``."""

@@ -23,11 +23,12 @@ SMOKE_ARGS = {
     "speed.py": ["--batch-sizes", "64", "--limit", "128"],
     "quality.py": ["--dataset", "digits", "--epochs", "1", "--limit", "120"],
     "loglik.py": [],
+    "m2_accuracy.py": [],
 }
 
 
 def test_every_benchmark_is_covered():
-    assert {os.path.basename(p) for p in SCRIPTS} <= set(SMOKE_ARGS) | {"m2_accuracy.py"}, \
+    assert {os.path.basename(p) for p in SCRIPTS} <= set(SMOKE_ARGS), \
         "a new benchmark script needs an entry in SMOKE_ARGS"
 
 

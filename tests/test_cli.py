@@ -146,3 +146,74 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path):
     assert [h["epoch"] for h in a] == list(range(1, 7))
     assert [h["train_elbo"] for h in a] == [h["train_elbo"] for h in b]
     assert [h["test_elbo"] for h in a] == [h["test_elbo"] for h in b]
+
+
+# --- extended models, objectives and parts from the CLI -------------------------------------------
+
+TINY = ["--dataset", "digits", "--epochs", "1", "--hidden", "32", "--latent-dim", "3", "--eval-samples", "5",
+        "--batch-size", "64", "--no-progress"]
+
+
+@pytest.mark.parametrize("kind,extra", [
+    ("cvae", ["--prior", "mog", "--num-components", "3", "--guide", "iaf", "--objective", "iwae",
+              "--num-particles", "2"]),
+    ("m2", ["--labels", "50", "--num-particles", "2", "--beta", "0.5", "--warmup", "2"]),
+    ("hvae", ["--top-latent-dim", "2", "--prior", "vamp", "--num-pseudo-inputs", "5", "--objective", "iwae"]),
+])
+def test_extended_models_end_to_end(kind, extra, tmp_path, capsys):
+    run = tmp_path / kind
+    assert cli.main(["train", "--model", kind, *TINY, *extra, "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == kind and config["vae"]["model"] == {"cvae": "ConditionalVAE", "m2": "M2",
+                                                                  "hvae": "HierarchicalVAE"}[kind]
+    assert config["objective"]["num_particles"] == 2 if kind != "hvae" else config["objective"]["name"] == "iwae"
+    assert {"config.json", "checkpoint.pt", "metrics.json"} | PICTURES <= set(os.listdir(run))
+    out = capsys.readouterr().out
+    assert ("log p(x|y)" if kind == "cvae" else "log p(x)") in out
+    if kind == "m2":
+        assert config["labels"] == 50 and config["fit"]["beta"] == 0.5 and config["fit"]["loss"] == "TraceEnum_ELBO"
+        assert "test accuracy" in out and 0 <= json.loads((run / "metrics.json").read_text())["test"]["accuracy"] <= 1
+    assert cli.main(["evaluate", str(run), "--num-samples", "5"]) == 0
+    assert ("test accuracy" in capsys.readouterr().out) == (kind == "m2")
+    assert cli.main(["sample", str(run), "--num", "20", "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("likelihood,guide,objective", [
+    ("normal-learned", "iaf", "meanfield"), ("laplace", "normal", "iwae")])
+def test_new_parts_from_the_cli(likelihood, guide, objective, tmp_path):
+    run = tmp_path / "run"
+    assert cli.main(["train", *TINY, "--prior", "flow", "--likelihood", likelihood, "--guide", guide,
+                     "--objective", objective, "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["vae"]["prior"]["class"] == "FlowPrior" and config["objective"]["name"] == objective
+    assert cli.main(["evaluate", str(run), "--num-samples", "3"]) == 0
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--model", "m2", "--objective", "iwae"], ["m2", "--objective elbo"]),
+    (["--model", "m2", "--objective", "meanfield"], ["m2", "--objective elbo"]),
+    (["--model", "hvae", "--objective", "meanfield"], ["mean-field"]),
+    (["--model", "cvae", "--prior", "vamp"], ["vamp"]),
+    (["--model", "cvae", "--network", "conv"], ["conv"]),
+    (["--labels", "10"], ["--labels", "m2"]),
+    (["--objective", "iwae", "--num-particles", "1"], ["iwae", "--num-particles"]),
+    (["--likelihood", "logistic"], ["8-bit"]),          # digits are multiples of 1/16
+    (["--model", "m2", "--labels", "100000"], ["num_labelled"]),
+])
+def test_nonsense_combinations_are_one_line_errors(args, needles, tmp_path, capsys):
+    assert cli.main(["train", *TINY, *args, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(n in err[0] for n in needles), err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("flag,value,valid", [("--model", "vqvae", "cvae"), ("--objective", "dreg", "iwae"),
+                                              ("--guide", "flowy", "iaf"), ("--prior", "gamma", "vamp"),
+                                              ("--likelihood", "poisson", "logistic")])
+def test_unknown_names_list_the_valid_ones(flag, value, valid, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", flag, value])
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "unknown" in last and valid in last
