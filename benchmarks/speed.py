@@ -34,8 +34,15 @@ from pyro_vae.networks import MLPDecoder, MLPEncoder
 HIDDEN, LATENT = 400, 50
 
 
+def tutorial_networks(image_shape):
+    """The tutorial's 784-400-50 softplus encoder and 50-400-784 decoder."""
+    return (MLPEncoder(image_shape, LATENT, (HIDDEN,), activation="Softplus"),
+            MLPDecoder(image_shape, LATENT, (HIDDEN,), activation="Softplus"))
+
+
 def tutorial_vae(image_shape):
-    return pv.VAE(image_shape=image_shape, latent_dim=LATENT, hidden=(HIDDEN,))
+    encoder, decoder = tutorial_networks(image_shape)
+    return pv.VAE(image_shape=image_shape, latent_dim=LATENT, encoder=encoder, decoder=decoder)
 
 
 def flops_per_image(image_shape):
@@ -65,8 +72,7 @@ def hand_written_epoch(state, data, batch_size, generator):
 
 
 def make_hand_written(image_shape, device):
-    encoder = MLPEncoder(image_shape, LATENT, (HIDDEN,)).to(device)
-    decoder = MLPDecoder(image_shape, LATENT, (HIDDEN,)).to(device)
+    encoder, decoder = (net.to(device) for net in tutorial_networks(image_shape))
     opt = torch.optim.Adam(list(encoder.parameters()) + list(decoder.parameters()), lr=1e-3)
     return encoder, decoder, opt
 

@@ -65,10 +65,12 @@ class MLPEncoder(nn.Module):
     :param tuple image_shape: ``(C, H, W)`` of one image.
     :param int latent_dim: size of z.
     :param tuple hidden: widths of the hidden layers.
-    :param str activation: name of a ``torch.nn`` activation class.
+    :param str activation: name of a ``torch.nn`` activation class. SiLU rather than the softplus of
+        Pyro's tutorial: on mnist5k it learned markedly faster (test ELBO -126 vs -136 nats after 30
+        epochs, 512-256 MLPs; see benchmarks/README.md).
     """
 
-    def __init__(self, image_shape, latent_dim, hidden=(512, 256), activation="Softplus"):
+    def __init__(self, image_shape, latent_dim, hidden=(512, 256), activation="SiLU"):
         super().__init__()
         self.image_shape = _check_shape(image_shape)
         self.latent_dim = int(latent_dim)
@@ -98,7 +100,7 @@ class MLPDecoder(nn.Module):
     them in a run's ``config.json``.
     """
 
-    def __init__(self, image_shape, latent_dim, hidden=(256, 512), params_per_pixel=1, activation="Softplus"):
+    def __init__(self, image_shape, latent_dim, hidden=(256, 512), params_per_pixel=1, activation="SiLU"):
         super().__init__()
         self.image_shape = _check_shape(image_shape)
         c, h, w = self.image_shape
