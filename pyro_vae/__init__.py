@@ -9,7 +9,7 @@ Quick start::
     nll = -pv.evaluate.log_likelihood(vae, test, num_samples=1000)   # nats per image
 """
 
-from . import checkpoint, data, distributed, evaluate, guides, likelihoods, networks, priors
+from . import checkpoint, data, distributed, evaluate, guides, likelihoods, networks, plots, priors
 from . import extended  # registers ConditionalVAE, M2, HierarchicalVAE for build_vae / load_run
 from .checkpoint import load_run
 from .errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingError
