@@ -12,6 +12,7 @@ This module is the only place that maps names (strings) to classes; the library 
 """
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -72,36 +73,27 @@ def _choice(table, what):
     return parse
 
 
-def _positive(kind):
+def _number(kind, allow_zero=False):
+    """argparse type for a finite positive (or non-negative) int or float, with a one-line error."""
+    what = f"{'non-negative' if allow_zero else 'positive'} {'whole number' if kind is int else 'number'}"
+
     def parse(value):
         try:
             number = kind(value)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {value!r}") from None
-        if not number > 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {value!r}")
+            raise argparse.ArgumentTypeError(f"expected a {what}, got {value!r}") from None
+        if not (math.isfinite(number) and (number >= 0 if allow_zero else number > 0)):
+            raise argparse.ArgumentTypeError(f"expected a {what}, got {value!r}")
         return number
     return parse
 
 
-def _non_negative_int(value):
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value!r}")
-    return number
+def _positive(kind):
+    return _number(kind)
 
 
-def _non_negative_float(value):
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}") from None
-    if not 0 <= number < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value!r}")
-    return number
+_non_negative_int = _number(int, allow_zero=True)
+_non_negative_float = _number(float, allow_zero=True)
 
 
 def build_parser():
