@@ -4,7 +4,7 @@ Quick start::
 
     import pyro_vae as pv
     train, test = pv.data.load("mnist5k", binarize="dynamic")
-    vae = pv.VAE(image_shape=(1, 28, 28), latent_dim=32)
+    vae = pv.VAE(image_shape=(1, 28, 28), latent_dim=50)
     history = pv.fit(vae, train, test=test, epochs=50)
     nll = -pv.evaluate.log_likelihood(vae, test, num_samples=1000)   # nats per image
 """

@@ -105,14 +105,14 @@ def build_parser():
     train.add_argument("--dataset", default="mnist5k",
                        help=f"one of {', '.join(data_module.DATASETS)}, or a folder of IDX files (default mnist5k)")
     train.add_argument("--data-dir", default=None, help="where datasets are read (and downloaded)")
-    train.add_argument("--latent-dim", type=_positive(int), default=32)
+    train.add_argument("--latent-dim", type=_positive(int), default=50)
     train.add_argument("--prior", type=_choice(PRIORS, "prior"), default="standard", help=", ".join(PRIORS))
     train.add_argument("--num-components", type=_positive(int), default=10, help="mixture components (mog)")
     train.add_argument("--likelihood", type=_choice(LIKELIHOODS, "likelihood"), default="bernoulli",
                        help=", ".join(LIKELIHOODS))
     train.add_argument("--normal-scale", type=_positive(float), default=0.1, help="fixed scale of 'normal'")
     train.add_argument("--network", type=_choice(NETWORKS, "network"), default="mlp", help=", ".join(NETWORKS))
-    train.add_argument("--hidden", type=_positive(int), nargs="+", default=[512, 256], help="MLP widths")
+    train.add_argument("--hidden", type=_positive(int), nargs="+", default=[400], help="MLP hidden widths (default 400)")
     train.add_argument("--model", type=_choice(MODEL_KINDS, "model"), default="vae",
                        help="vae, cvae (conditional on the label), m2 (semi-supervised), hvae (z2 -> z1 -> x)")
     train.add_argument("--labels", type=_non_negative_int, default=None,
