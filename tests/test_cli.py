@@ -1,17 +1,21 @@
 """The pyro-vae command line, end to end on tiny budgets, in real subprocesses where exit codes matter."""
 
+import contextlib
 import gzip
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 import torch
 
 from pyro_vae import cli
+from pyro_vae.errors import DataError
 from pyro_vae.checkpoint import load_checkpoint
 
 PICTURES = {"reconstructions.png", "samples.png", "latent_scatter.png", "curves.png"}
@@ -22,6 +26,17 @@ def run_cli(*args, timeout=300):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "pyro_vae.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+
+
+def main_in_process(*args):
+    """``cli.main`` in this process (no interpreter start-up): exit code and what went to stderr."""
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = cli.main([str(a) for a in args])
+        except SystemExit as e:   # argparse's usage errors
+            code = e.code
+    return types.SimpleNamespace(returncode=code, stderr=stderr.getvalue())
 
 
 def test_train_evaluate_sample_end_to_end(tmp_path, capsys):
@@ -79,35 +94,36 @@ def _truncated_idx_folder(path):
 
 
 def test_bad_input_gets_one_line_errors(tmp_path):
+    # a real process for the first case (exit status, no traceback on stderr); the rest in-process
     _one_line_error(run_cli("train", "--dataset", "nope", "--out", tmp_path / "a"), "mnist5k", "digits")
-    _one_line_error(run_cli("train", "--prior", "gamma"), "unknown prior", "standard", "mog")
-    _one_line_error(run_cli("train", "--likelihood", "poisson"), "unknown likelihood", "bernoulli")
-    _one_line_error(run_cli("train", "--epochs", "0"), "positive")
-    _one_line_error(run_cli("train", "--batch-size", "-5"), "positive")
-    _one_line_error(run_cli("train", "--dataset", tmp_path / "missing"), "does not exist")
+    _one_line_error(main_in_process("train", "--prior", "gamma"), "unknown prior", "standard", "mog")
+    _one_line_error(main_in_process("train", "--likelihood", "poisson"), "unknown likelihood", "bernoulli")
+    _one_line_error(main_in_process("train", "--epochs", "0"), "positive")
+    _one_line_error(main_in_process("train", "--batch-size", "-5"), "positive")
+    _one_line_error(main_in_process("train", "--dataset", tmp_path / "missing"), "does not exist")
     (tmp_path / "empty").mkdir()
-    _one_line_error(run_cli("train", "--dataset", tmp_path / "empty"), "empty")
-    _one_line_error(run_cli("train", "--dataset", _truncated_idx_folder(tmp_path / "idx")), "truncated")
+    _one_line_error(main_in_process("train", "--dataset", tmp_path / "empty"), "empty")
+    _one_line_error(main_in_process("train", "--dataset", _truncated_idx_folder(tmp_path / "idx")), "truncated")
     (tmp_path / "file").write_text("x")
-    _one_line_error(run_cli("train", "--dataset", "digits", "--epochs", "1", "--out", tmp_path / "file" / "run"),
-                    "output folder")
-    _one_line_error(run_cli("evaluate", tmp_path / "nowhere"), "does not exist")
+    _one_line_error(main_in_process("train", "--dataset", "digits", "--epochs", "1",
+                                    "--out", tmp_path / "file" / "run"), "output folder")
+    _one_line_error(main_in_process("evaluate", tmp_path / "nowhere"), "does not exist")
     if not torch.cuda.is_available():
-        _one_line_error(run_cli("train", "--device", "cuda"), "no GPU", "--device cpu")
-    # with --debug the traceback is shown
-    debug = run_cli("--debug", "train", "--dataset", "nope")
-    assert debug.returncode != 0 and "Traceback" in debug.stderr
+        _one_line_error(main_in_process("train", "--device", "cuda"), "no GPU", "--device cpu")
+    # with --debug the exception (and so its traceback) comes through
+    with pytest.raises(DataError, match="unknown dataset"):
+        cli.main(["--debug", "train", "--dataset", "nope"])
 
 
 def test_existing_run_needs_resume_or_overwrite(tmp_path):
     run = tmp_path / "run"
     args = ["train", "--dataset", "digits", "--epochs", "1", "--hidden", "32", "--eval-samples", "5",
             "--out", run, "--no-progress"]
-    assert run_cli(*args).returncode == 0
-    _one_line_error(run_cli(*args), "already holds a run", "--resume", "--overwrite")
-    assert run_cli(*args, "--overwrite").returncode == 0
+    assert main_in_process(*args).returncode == 0
+    _one_line_error(main_in_process(*args), "already holds a run", "--resume", "--overwrite")
+    assert main_in_process(*args, "--overwrite").returncode == 0
     longer = [a if a != "1" else "2" for a in args]
-    done = run_cli(*longer, "--resume")
+    done = main_in_process(*longer, "--resume")
     assert done.returncode == 0, done.stderr
     assert [h["epoch"] for h in json.loads((run / "metrics.json").read_text())["history"]] == [1, 2]
 
