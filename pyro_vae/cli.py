@@ -135,7 +135,7 @@ def build_parser():
                        help="KL warm-up: the KL weight grows linearly to --beta over this many epochs")
     train.add_argument("--binarize", type=_choice(data_module.BINARIZATIONS, "binarization"), default=None,
                        help="none, static or dynamic (default: dynamic for bernoulli, else none)")
-    train.add_argument("--epochs", type=_positive(int), default=100)
+    train.add_argument("--epochs", type=_positive(int), default=60)
     train.add_argument("--batch-size", type=_positive(int), default=128)
     train.add_argument("--lr", type=_positive(float), default=1e-3)
     train.add_argument("--clip-norm", type=_positive(float), default=None, help="clip gradient norm")
