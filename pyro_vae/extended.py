@@ -40,7 +40,7 @@ from . import likelihoods as likelihoods_module
 from . import networks as networks_module
 from . import priors as priors_module
 from .errors import ConfigError, DataError
-from .model import MODELS, ROLES, VAE, _rebuild, describe
+from .model import MODELS, ROLES, VAE, _rebuild
 
 __all__ = ["LabelledMLPEncoder", "MLPClassifier", "GaussianMLP", "ConditionalVAE", "M2", "HierarchicalVAE",
            "keep_labels", "without_labels", "accuracy"]

@@ -26,7 +26,6 @@ import os
 import time
 from pathlib import Path
 
-import torch
 from matplotlib.figure import Figure
 
 import pyro
