@@ -85,14 +85,19 @@ def _batches(data, batch_size, device):
             yield data[start:start + batch_size].to(device), None
 
 
-def _check(vae, data):
-    if hasattr(data, "images") and hasattr(vae, "likelihood"):
-        vae.likelihood.check_data(data)
-        if hasattr(vae, "check_data"):   # e.g. a conditional model that needs a label for every image
-            vae.check_data(data)
-        if tuple(data.image_shape) != tuple(vae.image_shape):
-            raise DataError(f"images of shape {tuple(data.image_shape)} do not fit a model built for "
-                            f"{tuple(vae.image_shape)}; build the VAE with image_shape={tuple(data.image_shape)}")
+def check_data(vae, data, role="evaluation"):
+    """Raise :class:`DataError` if ``data`` cannot be fed to ``vae``: empty, wrong image shape, outside the
+    likelihood's support, or missing what the model needs (e.g. labels). Bare tensors are not checked."""
+    if data is None or not (hasattr(data, "images") and hasattr(vae, "likelihood")):
+        return
+    if len(data) == 0:
+        raise DataError(f"the {role} set is empty; check the dataset or the data folder")
+    if tuple(data.image_shape) != tuple(vae.image_shape):
+        raise DataError(f"{role} images have shape {tuple(data.image_shape)} but the model was built for "
+                        f"{tuple(vae.image_shape)}; build the VAE with image_shape={tuple(data.image_shape)}")
+    vae.likelihood.check_data(data)
+    if hasattr(vae, "check_data"):   # e.g. a conditional model that needs a label for every image
+        vae.check_data(data)
 
 
 @torch.no_grad()
@@ -104,7 +109,7 @@ def elbo(vae, data, num_samples=1, batch_size=500):
     :returns: dict with ``elbo`` = ``reconstruction`` - ``kl`` (nats per datapoint), where
         ``reconstruction`` = E_q[log p(x|z)] and ``kl`` = E_q[log q(z|x) - log p(z)].
     """
-    _check(vae, data)
+    check_data(vae, data)
     was_training = vae.training
     vae.eval()
     sums = {"reconstruction": 0.0, "kl": 0.0}
@@ -135,7 +140,7 @@ def log_likelihood(vae, data, num_samples=1000, batch_size=None, reduce=True, ma
     :param int batch_size: datapoints per chunk (default: as many as fit with at least 100 samples).
     :param bool reduce: return the mean over datapoints (float) instead of the ``(N,)`` tensor.
     """
-    _check(vae, data)
+    check_data(vae, data)
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     batch_size = batch_size or max(1, max_pairs // min(num_samples, 100))

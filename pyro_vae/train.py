@@ -19,7 +19,7 @@ from pyro.infer import Trace_ELBO
 from . import distributed as parallel
 from . import evaluate
 from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, load_json, load_state, save_checkpoint, save_json
-from .errors import CheckpointError, ConfigError, DataError, TrainingError
+from .errors import CheckpointError, ConfigError, TrainingError
 
 
 def resolve_device(device="auto"):
@@ -41,19 +41,6 @@ def resolve_device(device="auto"):
 def _positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _check_data(vae, data, role):
-    if data is None:
-        return
-    if len(data) == 0:
-        raise DataError(f"the {role} set is empty; check the dataset or the data folder")
-    if tuple(data.image_shape) != tuple(vae.image_shape):
-        raise DataError(f"{role} images have shape {tuple(data.image_shape)} but the model was built for "
-                        f"{tuple(vae.image_shape)}; build the VAE with image_shape={tuple(data.image_shape)}")
-    vae.likelihood.check_data(data)
-    if hasattr(vae, "check_data"):   # e.g. a conditional model that needs a label for every image
-        vae.check_data(data)
 
 
 def _rng_state(device, shuffle):
@@ -120,8 +107,8 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
     else:
         rank, world, device = 0, 1, resolve_device(device)
     main = rank == 0
-    _check_data(vae, train, "training")
-    _check_data(vae, test, "test")
+    evaluate.check_data(vae, train, "training")
+    evaluate.check_data(vae, test, "test")
 
     # fit trains the module's own parameters; an earlier model registered under the same Pyro name would
     # otherwise linger in the global param store (and confuse JitTrace_ELBO, which reads it)
