@@ -7,6 +7,8 @@ binarized test set: test ELBO and importance-sampled log p(x) with K samples, in
 
     python benchmarks/quality.py --dataset mnist5k --epochs 100            # (a) in the issue
     python benchmarks/quality.py --dataset fashion-mnist --epochs 50       # (b), needs dataset-fashion-mnist
+    python benchmarks/quality.py --no-peer --seeds 0 1 2 --configs "pyro_vae default" vamp iwae5 iaf
+                                                                           # issue 4: parts swapped, 3 seeds
     CI=1 python benchmarks/quality.py                                      # smoke mode: seconds
 
 Prints a table and writes JSON (``--json``, default ``benchmarks/results/quality-<dataset>.json``).
@@ -23,7 +25,7 @@ from torch import nn
 
 import pyro
 import pyro.distributions as dist
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import SVI, RenyiELBO, Trace_ELBO
 from pyro.optim import Adam
 
 import pyro_vae as pv
@@ -77,13 +79,35 @@ def train_peer(train, epochs, seed, device):
 
 
 def configurations():
-    """name -> (builder(image_shape) -> VAE, fit keyword arguments)."""
+    """name -> (builder(image_shape) -> VAE, fit keyword arguments).
+
+    Apart from "pyro_vae conv", each is the default VAE (784-400-50 SiLU MLPs, Bernoulli) with one part
+    swapped, as in issue 4's comparison: the prior, the objective or the posterior family.
+    """
     return {
         "pyro_vae default": (lambda shape: pv.VAE(image_shape=shape), {}),
+        "vamp": (lambda shape: pv.VAE(image_shape=shape, prior=pv.priors.VampPrior(500)), {}),
+        "iwae5": (lambda shape: pv.VAE(image_shape=shape),
+                  {"loss": RenyiELBO(alpha=0, num_particles=5, vectorize_particles=True, max_plate_nesting=1)}),
+        "iaf": (lambda shape: pv.VAE(image_shape=shape, posterior=pv.guides.IAF(num_flows=2)), {}),
         "pyro_vae conv": (lambda shape: pv.VAE(
             image_shape=shape, latent_dim=32,
             encoder=pv.networks.ConvEncoder(shape, 32), decoder=pv.networks.ConvDecoder(shape, 32)), {}),
     }
+
+
+def summarize(rows):
+    """config -> mean and sample standard deviation over seeds of the test ELBO and log p(x)."""
+    summary = {}
+    for name in dict.fromkeys(r["config"] for r in rows):
+        mine = [r for r in rows if r["config"] == name]
+        entry = {"seeds": len(mine)}
+        for key in ("test_elbo", "log_px"):
+            values = torch.tensor([r[key] for r in mine], dtype=torch.float64)
+            entry[f"{key}_mean"] = values.mean().item()
+            entry[f"{key}_sd"] = values.std().item() if len(mine) > 1 else 0.0
+        summary[name] = entry
+    return summary
 
 
 def score(vae, test, num_samples):
@@ -103,13 +127,20 @@ def main(argv=None):
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--limit", type=int, default=200 if smoke else None, help="use only N train/test images")
+    parser.add_argument("--test-limit", type=int, default=None,
+                        help="score on the first N test images only (the same N for every configuration)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = pv.resolve_device(args.device)
     train, test = pv.data.load(args.dataset, binarize="dynamic")
     if args.limit:
         train, test = train.subset(range(min(args.limit, len(train)))), test.subset(range(min(args.limit, len(test))))
+    if args.test_limit:
+        test = test.subset(range(min(args.test_limit, len(test))))
     rows = []
     configs = configurations()
     # the convolutional configuration is much slower on a CPU: ask for it by name
@@ -138,12 +169,19 @@ def main(argv=None):
     print(f"{'configuration':32s} {'seed':>4s} {'test ELBO':>10s} {'log p(x)':>10s} {'seconds':>8s}")
     for r in rows:
         print(f"{r['config']:32s} {r['seed']:4d} {r['test_elbo']:10.2f} {r['log_px']:10.2f} {r['seconds']:8.1f}")
+    summary = summarize(rows)
+    if len(args.seeds) > 1:
+        print(f"\n{'configuration':32s} {'seeds':>5s} {'test ELBO':>16s} {'log p(x)':>16s}   (mean +- sd over seeds)")
+        for name, s in summary.items():
+            print(f"{name:32s} {s['seeds']:5d} {s['test_elbo_mean']:9.2f} +- {s['test_elbo_sd']:4.2f} "
+                  f"{s['log_px_mean']:9.2f} +- {s['log_px_sd']:4.2f}")
     out = args.json or os.path.join(os.path.dirname(__file__), "results", f"quality-{args.dataset}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump({"dataset": args.dataset, "epochs": args.epochs, "num_samples": args.num_samples,
                    "train_binarize": "dynamic", "test_binarize": "static", "device": str(device),
-                   "smoke": smoke, "rows": rows, "argv": sys.argv[1:]}, f, indent=2)
+                   "train_size": len(train), "test_size": len(test), "threads": torch.get_num_threads(),
+                   "smoke": smoke, "rows": rows, "summary": summary, "argv": sys.argv[1:]}, f, indent=2)
     print(f"wrote {out}")
     return rows
 

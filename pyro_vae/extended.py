@@ -192,7 +192,7 @@ class ConditionalVAE(VAE):
     def model(self, x, y=None):
         """p(x, z | y) = p(z) p(x|z, y). :param x: images ``(N, C, H, W)``. :param y: labels ``(N,)``."""
         y = self._require_labels(y)
-        pyro.module("vae", self)
+        self.register()
         with pyro.plate("data", x.shape[-4]):
             with self._latent_scale():
                 z = pyro.sample("z", self.prior())
@@ -201,7 +201,7 @@ class ConditionalVAE(VAE):
     def guide(self, x, y=None):
         """q(z|x, y). :param x: images ``(N, C, H, W)``. :param y: labels ``(N,)``."""
         y = self._require_labels(y)
-        pyro.module("vae", self)
+        self.register()
         with pyro.plate("data", x.shape[-4]), self._latent_scale():
             pyro.sample("z", self.posterior(*self.encoder(x, self._onehot(y))))
 
@@ -396,7 +396,7 @@ class M2(ConditionalVAE):
 
         :param x: images ``(N, C, H, W)``. :param y: labels ``(N,)`` with -1 for unlabelled, or ``None``.
         """
-        pyro.module("vae", self)
+        self.register()
         labelled, labels, which = self._split(y)
         some = which == "some"
         p_y = dist.Categorical(logits=self.y_logits)
@@ -418,7 +418,7 @@ class M2(ConditionalVAE):
 
     def guide(self, x, y=None):
         """q(y|x) (where unlabelled) q(z|x, y). Arguments as for :meth:`model`."""
-        pyro.module("vae", self)
+        self.register()
         labelled, labels, which = self._split(y)
         with pyro.plate("data", x.shape[-4]):
             if which != "all":
@@ -531,7 +531,7 @@ class HierarchicalVAE(VAE):
 
     def model(self, x, y=None):
         """p(x, z1, z2) = p(z2) p(z1|z2) p(x|z1). :param x: images ``(N, C, H, W)``; ``y`` is ignored."""
-        pyro.module("vae", self)
+        self.register()
         with pyro.plate("data", x.shape[-4]):
             with self._latent_scale():
                 z2 = pyro.sample("z2", self.prior())
@@ -540,7 +540,7 @@ class HierarchicalVAE(VAE):
 
     def guide(self, x, y=None):
         """q(z1|x) q(z2|z1). :param x: images ``(N, C, H, W)``; ``y`` is ignored."""
-        pyro.module("vae", self)
+        self.register()
         with pyro.plate("data", x.shape[-4]), self._latent_scale():
             z1 = pyro.sample("z1", self.posterior(*self.encoder(x)))
             pyro.sample("z2", dist.Normal(*self.q_z2(z1)).to_event(1))

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 import pyro
-from pyro.infer import Trace_ELBO
+from pyro.infer import JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO, JitTraceMeanField_ELBO, Trace_ELBO
 
 from . import distributed as parallel
 from . import evaluate
@@ -151,7 +151,10 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
     bar = tqdm(total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, unit="step",
                desc="fit", disable=not (progress and main), dynamic_ncols=True)
     vae.train()
+    registers = getattr(vae, "register_params", None)
     try:
+        if registers is not None and not _needs_param_sites(loss):
+            vae.register_params = False
         # argument validation runs once per distribution object; in the hot loop it only costs time
         with pyro.validation_enabled(False):
             for epoch in range(start_epoch + 1, epochs + 1):
@@ -159,10 +162,10 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
                 if hasattr(vae, "kl_scale"):
                     vae.kl_scale = beta * min(1.0, epoch / warmup) if warmup else beta
                 # per-step losses stay on the device: reading them every step would sync a GPU each time
-                losses = torch.zeros(steps_per_epoch, device=device)
+                losses = []
                 for step, (x, y) in enumerate(train.batches(batch_size, generator=shuffle, shard=shard)):
                     opt.zero_grad(set_to_none=True)
-                    losses[step] = step_loss(x, y)
+                    losses.append(step_loss(x, y))
                     if distributed:
                         parallel.average_gradients(vae.parameters(), world)
                     if clip_norm is not None:
@@ -171,6 +174,7 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
                     bar.update()
                     if main and progress and step % 50 == 0:
                         bar.set_postfix_str(f"epoch {epoch} loss/img {losses[step].item() / x.shape[0]:.2f}")
+                losses = torch.stack(losses).to(device)   # loss_and_grads ELBOs return host floats
                 if distributed:
                     losses = parallel.all_sum(losses)
                 total = losses.sum().item()
@@ -196,9 +200,23 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
                     break
     finally:
         bar.close()
+        if registers is not None:
+            vae.register_params = registers
     if distributed:
         parallel.barrier()   # rank 0's last checkpoint is on disk before anyone moves on
     return history
+
+
+def _needs_param_sites(elbo):
+    """Whether ``elbo`` reads the parameters from Pyro's param sites rather than from the module.
+
+    ``fit``'s torch optimizer holds the module's parameters, so ``pyro.module`` is only needed by
+    ELBOs that find their parameters in the trace: ``loss_and_grads`` (e.g. ``RenyiELBO``) backpropagates
+    only when the trace has param sites, and the JIT ELBOs pass the param store's values to the traced
+    function.
+    """
+    return not hasattr(elbo, "differentiable_loss") or isinstance(
+        elbo, (JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO, JitTraceMeanField_ELBO))
 
 
 def _loss_step(elbo, vae):

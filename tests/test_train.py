@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import pyro
-from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import JitTrace_ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
 import pyro_vae as pv
 from pyro_vae import checkpoint, likelihoods, priors
@@ -137,6 +137,33 @@ def test_any_pyro_elbo_trains(loss, prior, digits_binary):
     history = pv.fit(vae, digits_binary[0], test=digits_binary[1], epochs=2, loss=loss, progress=False)
     assert all(math.isfinite(h["train_elbo"]) and math.isfinite(h["test_elbo"]) for h in history)
     assert history[-1]["train_elbo"] > history[0]["train_elbo"] - 1.0
+
+
+class AlwaysRegisters(pv.VAE):
+    """Registers with pyro.module on every call, as a user's own model/guide would."""
+
+    def register(self):
+        pyro.module("vae", self)
+
+
+@pytest.mark.parametrize("make_loss", [Trace_ELBO, lambda: RenyiELBO(alpha=0, num_particles=3),
+                                       lambda: JitTrace_ELBO(ignore_jit_warnings=True)],
+                         ids=["trace", "iwae", "jit"])
+def test_skipping_param_store_registration_changes_nothing(make_loss, digits_binary):
+    # fit leaves pyro.module out where its ELBO does not need param sites; training must be the same
+    runs = []
+    for cls in (pv.VAE, AlwaysRegisters):
+        pyro.set_rng_seed(5)
+        vae = cls(image_shape=(1, 8, 8), latent_dim=4, hidden=(32,))
+        history = pv.fit(vae, digits_binary[0], epochs=2, seed=5, loss=make_loss(), progress=False)
+        runs.append((history, _weights(vae), set(pyro.get_param_store().keys())))
+        assert vae.register_params   # switched back on after fit
+    (h0, w0, keys0), (h1, w1, keys1) = runs
+    assert [h["train_elbo"] for h in h0] == pytest.approx([h["train_elbo"] for h in h1], abs=1e-3)
+    assert all(torch.allclose(w0[k], w1[k], atol=1e-5) for k in w0)
+    assert keys1   # the always-registering model did register ...
+    assert bool(keys0) == (make_loss is not Trace_ELBO)   # ... and plain Trace_ELBO skipped it
+    assert h0[-1]["train_elbo"] > h0[0]["train_elbo"] - 1.0   # and it learned
 
 
 def test_bad_arguments_and_data(digits_binary, digits_grey, mnist5k):
