@@ -90,7 +90,10 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
         datapoint; ``test_elbo`` is ``None`` without a test set) and ``seconds``. With ``beta != 1`` the
         ``train_elbo`` entry is the weighted training objective, ``test_elbo`` the true ELBO.
 
-    Pyro's global param store is cleared at the start: the parameters live in ``vae`` itself.
+    Pyro's global param store is cleared at the start: the parameters live in ``vae`` itself, and
+    the torch optimizer updates them there. So while ``fit`` trains, ``vae.register_params`` is off
+    (``model``/``guide`` skip ``pyro.module``) unless the ELBO needs param sites (``loss_and_grads``
+    ELBOs such as ``RenyiELBO``, and the JIT ELBOs).
     """
     _positive_int("epochs", epochs)
     _positive_int("batch_size", batch_size)
