@@ -21,7 +21,8 @@ def _load(path):
 # the smallest arguments that still exercise every code path of each script
 SMOKE_ARGS = {
     "speed.py": ["--batch-sizes", "64", "--limit", "128"],
-    "quality.py": ["--dataset", "digits", "--epochs", "1", "--limit", "120"],
+    "quality.py": ["--dataset", "digits", "--epochs", "1", "--limit", "120", "--test-limit", "60", "--seeds", "0", "1",
+                   "--configs", "pyro_vae default", "vamp", "iwae5", "iaf"],
     "loglik.py": [],
     "m2_accuracy.py": [],
 }
@@ -50,6 +51,9 @@ def test_benchmark_smoke(name, tmp_path, monkeypatch, capsys):
         configs = {row["config"] for row in result["rows"]}
         assert any(c.startswith("peer") for c in configs) and "pyro_vae default" in configs
         assert all(row["log_px"] < 0 and row["log_px"] >= row["test_elbo"] - 2.0 for row in result["rows"])
+        assert result["test_size"] == 60 and set(result["summary"]) == configs
+        assert all(s["seeds"] == 2 and s["log_px_sd"] >= 0 for s in result["summary"].values())
+        assert "mean +- sd over seeds" in printed
     elif name == "m2_accuracy.py":
         assert result["results"] and all(0.0 <= r["test_accuracy"] <= 1.0 for r in result["results"])
     else:
