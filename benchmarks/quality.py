@@ -143,6 +143,17 @@ def main(argv=None):
     if args.test_limit:
         test = test.subset(range(min(args.test_limit, len(test))))
     rows = []
+    out = args.json or os.path.join(os.path.dirname(__file__), "results", f"quality-{args.dataset}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+
+    def save():   # after every row: an interrupted run keeps what it measured
+        with open(out + ".tmp", "w") as f:
+            json.dump({"dataset": args.dataset, "epochs": args.epochs, "num_samples": args.num_samples,
+                       "train_binarize": "dynamic", "test_binarize": "static", "device": str(device),
+                       "train_size": len(train), "test_size": len(test), "threads": torch.get_num_threads(),
+                       "smoke": smoke, "rows": rows, "summary": summarize(rows), "argv": sys.argv[1:]}, f, indent=2)
+        os.replace(out + ".tmp", out)
+
     configs = configurations()
     # the convolutional configuration is much slower on a CPU: ask for it by name
     chosen = args.configs if args.configs is not None else ["pyro_vae default"]
@@ -154,6 +165,7 @@ def main(argv=None):
             rows.append({"config": "peer (Pyro tutorial VAE)", "seed": seed, "seconds": seconds,
                          **score(peer, test.to(device), args.num_samples)})
             print(rows[-1], flush=True)
+            save()
         for name in chosen:
             build, fit_kwargs = configs[name]
             pyro.clear_param_store()
@@ -164,6 +176,7 @@ def main(argv=None):
             seconds = time.perf_counter() - started
             rows.append({"config": name, "seed": seed, "seconds": seconds, **score(vae, test, args.num_samples)})
             print(rows[-1], flush=True)
+            save()
 
     print(f"\n{args.dataset}: train {len(train)} (dynamic binarization), test {len(test)} (static), "
           f"{args.epochs} epochs, K={args.num_samples}, device {device}")
@@ -176,13 +189,7 @@ def main(argv=None):
         for name, s in summary.items():
             print(f"{name:32s} {s['seeds']:5d} {s['test_elbo_mean']:9.2f} +- {s['test_elbo_sd']:4.2f} "
                   f"{s['log_px_mean']:9.2f} +- {s['log_px_sd']:4.2f}")
-    out = args.json or os.path.join(os.path.dirname(__file__), "results", f"quality-{args.dataset}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump({"dataset": args.dataset, "epochs": args.epochs, "num_samples": args.num_samples,
-                   "train_binarize": "dynamic", "test_binarize": "static", "device": str(device),
-                   "train_size": len(train), "test_size": len(test), "threads": torch.get_num_threads(),
-                   "smoke": smoke, "rows": rows, "summary": summary, "argv": sys.argv[1:]}, f, indent=2)
+    save()
     print(f"wrote {out}")
     return rows
 
