@@ -146,8 +146,11 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=1 if smoke else 5, help="timed epochs per method")
     parser.add_argument("--limit", type=int, default=256 if smoke else None, help="use only N training images")
     parser.add_argument("--methods", nargs="*", default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = pv.resolve_device(args.device)
     train, _ = pv.data.load(args.dataset, binarize="dynamic")
