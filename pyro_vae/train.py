@@ -3,7 +3,9 @@
 The loop is plain PyTorch around a Pyro objective: ``loss(vae.model, vae.guide)`` is the ELBO as an
 ``nn.Module`` whose forward pass returns a differentiable loss, and a ``torch.optim`` optimizer updates
 the VAE's parameters. This is the same auto-encoding variational Bayes step that ``SVI.step`` performs,
-without its per-step host synchronisation: losses stay on the device and are read once per epoch.
+but ``fit`` itself reads no loss back per step: losses stay on the device and are read once per epoch.
+(Pyro's ``Trace_ELBO.differentiable_loss`` still calls ``.item()`` on each site's log-density and checks
+the loss for NaN, so on a GPU a step still waits for the device inside Pyro.)
 """
 
 import math
