@@ -15,7 +15,6 @@ Prints a table and writes JSON (``--json``, default ``benchmarks/results/quality
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -29,6 +28,7 @@ from pyro.infer import SVI, RenyiELBO, Trace_ELBO
 from pyro.optim import Adam
 
 import pyro_vae as pv
+from pyro_vae.checkpoint import save_json
 
 
 class TutorialVAE(nn.Module):
@@ -83,7 +83,8 @@ def configurations():
 
     Apart from "pyro_vae conv", each is the default VAE (784-400-50 SiLU MLPs, Bernoulli) with one part
     swapped, as in issue 4's comparison: the prior (VampPrior with 100 pseudo-inputs: with the paper's 500
-    a training step took 6.5 times as long as the default's on the 2-core CPU, with 100 2.3 times), the objective (IWAE, K=5) or the posterior family (2 IAF flows).
+    a training step took 6.5 times as long as the default's on the 2-core CPU, with 100 2.3 times), the
+    objective (IWAE, K=5) or the posterior family (2 IAF flows).
     """
     return {
         "pyro_vae default": (lambda shape: pv.VAE(image_shape=shape), {}),
@@ -144,15 +145,12 @@ def main(argv=None):
         test = test.subset(range(min(args.test_limit, len(test))))
     rows = []
     out = args.json or os.path.join(os.path.dirname(__file__), "results", f"quality-{args.dataset}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
 
-    def save():   # after every row: an interrupted run keeps what it measured
-        with open(out + ".tmp", "w") as f:
-            json.dump({"dataset": args.dataset, "epochs": args.epochs, "num_samples": args.num_samples,
-                       "train_binarize": "dynamic", "test_binarize": "static", "device": str(device),
-                       "train_size": len(train), "test_size": len(test), "threads": torch.get_num_threads(),
-                       "smoke": smoke, "rows": rows, "summary": summarize(rows), "argv": sys.argv[1:]}, f, indent=2)
-        os.replace(out + ".tmp", out)
+    def save():   # atomically, after every row: an interrupted run keeps what it measured
+        save_json({"dataset": args.dataset, "epochs": args.epochs, "num_samples": args.num_samples,
+                   "train_binarize": "dynamic", "test_binarize": "static", "device": str(device),
+                   "train_size": len(train), "test_size": len(test), "threads": torch.get_num_threads(),
+                   "smoke": smoke, "rows": rows, "summary": summarize(rows), "argv": sys.argv[1:]}, out)
 
     configs = configurations()
     # the convolutional configuration is much slower on a CPU: ask for it by name
