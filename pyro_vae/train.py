@@ -24,6 +24,10 @@ from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, load_json, load_sta
 from .errors import CheckpointError, ConfigError, TrainingError
 
 
+#: Pyro's ELBOs that trace the model and guide once with ``torch.jit`` and replay the compiled graph
+JIT_ELBOS = (JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO, JitTraceMeanField_ELBO)
+
+
 def resolve_device(device="auto"):
     """``"auto"`` -> CUDA when present, else CPU. Anything else is passed to ``torch.device``.
 
@@ -72,7 +76,11 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
     :param int batch_size: images per step.
     :param float lr: learning rate.
     :param loss: a Pyro ELBO instance (default ``Trace_ELBO()``); e.g. ``TraceMeanField_ELBO()`` for an
-        analytic KL or ``RenyiELBO(alpha=0, num_particles=5, vectorize_particles=True)`` for IWAE.
+        analytic KL, ``RenyiELBO(alpha=0, num_particles=5, vectorize_particles=True)`` for IWAE, or
+        ``JitTrace_ELBO()``: the default's estimator traced once by ``torch.jit`` (on the first batch of
+        each ``fit`` call) and replayed, without Pyro's Python work per step; right for models whose
+        structure does not change from step to step (all of this package's), measured in
+        benchmarks/README.md.
     :param optimizer: callable ``params, lr -> torch.optim.Optimizer`` (default ``torch.optim.Adam``).
     :param int seed: seeds Pyro/PyTorch and the shuffling; equal seeds give equal runs.
     :param device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ... decided here, once.
@@ -83,8 +91,10 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
     :param callback: called as ``callback(vae, record)`` after every epoch; returning ``True`` stops.
     :param bool progress: show a tqdm progress bar.
     :param float clip_norm: clip the gradient norm to this value (off by default).
-    :param float beta: weight of the latent sites (``vae.kl_scale``): ``beta > 1`` gives a beta-VAE.
+    :param float beta: weight of the latent sites (``vae.kl_scale``), positive: ``beta > 1`` gives a
+        beta-VAE.
     :param int warmup: KL warm-up: the weight grows linearly, ``beta * min(1, epoch / warmup)``.
+        (Neither works with the JIT ELBOs, which freeze the weight in their compiled graph.)
     :param bool distributed: data-parallel training over the processes started by ``torchrun``
         (see :mod:`pyro_vae.distributed`); ``batch_size`` is per process, only rank 0 writes files.
     :param dict run_info: extra JSON-serialisable entries for ``config.json`` (e.g. data settings).
@@ -101,8 +111,9 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
     _positive_int("batch_size", batch_size)
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
         raise ConfigError(f"lr must be a positive number, got {lr!r}")
-    if not (isinstance(beta, (int, float)) and beta >= 0 and math.isfinite(beta)):
-        raise ConfigError(f"beta must be a non-negative number, got {beta!r}")
+    # Pyro's poutine.scale, which weights the latent sites, takes positive weights only
+    if not (isinstance(beta, (int, float)) and beta > 0 and math.isfinite(beta)):
+        raise ConfigError(f"beta must be a positive number, got {beta!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ConfigError(f"warmup must be a non-negative number of epochs, got {warmup!r}")
     if resume and checkpoint_dir is None:
@@ -128,6 +139,9 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
     test = test.to(device) if test is not None and main else None
     opt = (optimizer or torch.optim.Adam)(vae.parameters(), lr=lr)
     loss = loss if loss is not None else Trace_ELBO()
+    if isinstance(loss, JIT_ELBOS) and (beta != 1.0 or warmup):
+        raise ConfigError(f"{type(loss).__name__} compiles the KL weight into its graph once, so beta and warmup "
+                          f"would be ignored; use {type(loss).__name__[3:]} for beta or warmup")
     step_loss = _loss_step(loss, vae)
 
     history, start_epoch = [], 0
@@ -220,8 +234,7 @@ def _needs_param_sites(elbo):
     only when the trace has param sites, and the JIT ELBOs pass the param store's values to the traced
     function.
     """
-    return not hasattr(elbo, "differentiable_loss") or isinstance(
-        elbo, (JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO, JitTraceMeanField_ELBO))
+    return not hasattr(elbo, "differentiable_loss") or isinstance(elbo, JIT_ELBOS)
 
 
 def _loss_step(elbo, vae):

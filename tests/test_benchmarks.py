@@ -45,7 +45,10 @@ def test_benchmark_smoke(name, tmp_path, monkeypatch, capsys):
     if name == "speed.py":
         methods = {row["method"] for row in result["rows"]}
         assert "hand-written PyTorch" in methods and "pyro_vae.fit Trace_ELBO" in methods
-        assert all(row["epoch_seconds"] > 0 and row["ratio_to_hand_written"] > 0 for row in result["rows"])
+        assert all(row["epoch_seconds"] > 0 and row["ratio_to_hand_written"] > 0 and row["paired_ratio"] > 0
+                   for row in result["rows"])
+        fit_rows = [row for row in result["rows"] if row["method"].startswith("pyro_vae.fit")]
+        assert fit_rows and all(row["first_epoch_of_fit_seconds"] > 0 for row in fit_rows)
         assert result["peak_gflops"] > 0
     elif name == "quality.py":
         configs = {row["config"] for row in result["rows"]}

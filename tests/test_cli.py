@@ -4,6 +4,7 @@ import contextlib
 import gzip
 import io
 import json
+import math
 import os
 import signal
 import subprocess
@@ -100,6 +101,7 @@ def test_bad_input_gets_one_line_errors(tmp_path):
     _one_line_error(main_in_process("train", "--likelihood", "poisson"), "unknown likelihood", "bernoulli")
     _one_line_error(main_in_process("train", "--epochs", "0"), "positive")
     _one_line_error(main_in_process("train", "--batch-size", "-5"), "positive")
+    _one_line_error(main_in_process("train", "--beta", "0"), "positive")
     _one_line_error(main_in_process("train", "--dataset", tmp_path / "missing"), "does not exist")
     (tmp_path / "empty").mkdir()
     _one_line_error(main_in_process("train", "--dataset", tmp_path / "empty"), "empty")
@@ -195,14 +197,19 @@ def test_extended_models_end_to_end(kind, extra, tmp_path, capsys):
     assert (tmp_path / "s.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("likelihood,guide,objective", [
-    ("normal-learned", "iaf", "meanfield"), ("laplace", "normal", "iwae")])
-def test_new_parts_from_the_cli(likelihood, guide, objective, tmp_path):
+@pytest.mark.parametrize("likelihood,guide,objective,jit,loss", [
+    ("normal-learned", "iaf", "meanfield", True, "JitTraceMeanField_ELBO"),
+    ("laplace", "normal", "iwae", False, "RenyiELBO"),
+    ("bernoulli", "normal", "elbo", True, "JitTrace_ELBO")])
+def test_new_parts_from_the_cli(likelihood, guide, objective, jit, loss, tmp_path):
     run = tmp_path / "run"
     assert cli.main(["train", *TINY, "--prior", "flow", "--likelihood", likelihood, "--guide", guide,
-                     "--objective", objective, "--out", str(run)]) == 0
+                     "--objective", objective, *(["--jit"] if jit else []), "--out", str(run)]) == 0
     config = json.loads((run / "config.json").read_text())
     assert config["vae"]["prior"]["class"] == "FlowPrior" and config["objective"]["name"] == objective
+    assert config["fit"]["loss"] == loss
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    assert math.isfinite(history[0]["train_elbo"]) and history[0]["test_elbo"] < 0
     assert cli.main(["evaluate", str(run), "--num-samples", "3"]) == 0
 
 
@@ -216,6 +223,9 @@ def test_new_parts_from_the_cli(likelihood, guide, objective, tmp_path):
     (["--objective", "iwae", "--num-particles", "1"], ["iwae", "--num-particles"]),
     (["--likelihood", "logistic"], ["8-bit"]),          # digits are multiples of 1/16
     (["--model", "m2", "--labels", "100000"], ["num_labelled"]),
+    (["--jit", "--objective", "iwae"], ["--jit", "iwae"]),
+    (["--jit", "--model", "m2"], ["--jit", "m2"]),
+    (["--jit", "--warmup", "2"], ["JitTrace_ELBO", "warmup", "Trace_ELBO"]),   # the weight would be frozen
 ])
 def test_nonsense_combinations_are_one_line_errors(args, needles, tmp_path, capsys):
     assert cli.main(["train", *TINY, *args, "--out", str(tmp_path / "run")]) == 2

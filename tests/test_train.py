@@ -166,11 +166,30 @@ def test_skipping_param_store_registration_changes_nothing(make_loss, digits_bin
     assert h0[-1]["train_elbo"] > h0[0]["train_elbo"] - 1.0   # and it learned
 
 
+def test_jit_elbo_matches_eager_on_a_batch_of_another_size(digits_binary):
+    # JitTrace_ELBO traces once, on the first batch, and replays that graph for every later batch: on
+    # a batch of another size (fit's last batch) it must estimate the same ELBO as eager Trace_ELBO
+    vae = small_vae()
+    images = digits_binary[0].images
+    jit = JitTrace_ELBO(ignore_jit_warnings=True)
+    with torch.no_grad():
+        jit.differentiable_loss(vae.model, vae.guide, images[:64])        # traced at 64
+        draws = {name: torch.tensor([elbo.differentiable_loss(vae.model, vae.guide, images[64:80]).item()
+                                     for _ in range(300)])
+                 for name, elbo in [("jit", jit), ("eager", Trace_ELBO())]}
+    se = math.sqrt(sum(d.var().item() / len(d) for d in draws.values()))
+    assert abs(draws["jit"].mean() - draws["eager"].mean()) < 5 * se
+    assert draws["jit"].std() > 0   # really sampled, not a frozen draw
+
+
 def test_bad_arguments_and_data(digits_binary, digits_grey, mnist5k):
     train = digits_binary[0]
     for kwargs, match in [(dict(epochs=0), "epochs"), (dict(batch_size=-3), "batch_size"),
                           (dict(lr=0.0), "lr"), (dict(epochs=1.5), "epochs"),
-                          (dict(resume=True), "checkpoint_dir"), (dict(device="tpu9"), "device")]:
+                          (dict(resume=True), "checkpoint_dir"), (dict(device="tpu9"), "device"),
+                          (dict(beta=0.0), "beta must be a positive"),
+                          (dict(loss=JitTrace_ELBO(), warmup=3), "warmup would be ignored"),
+                          (dict(loss=JitTrace_ELBO(), beta=2.0), "use Trace_ELBO")]:
         with pytest.raises(pv.ConfigError, match=match):
             pv.fit(small_vae(), train, progress=False, **kwargs)
     with pytest.raises(pv.DataError, match="binarize.*ContinuousBernoulli"):
