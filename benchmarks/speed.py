@@ -4,7 +4,8 @@ Both sides use the *same* networks (the Pyro tutorial's 784-400-50 softplus MLPs
 ``pyro_vae.networks``), the same data resident on the device and batched by index, the same optimizer
 (Adam, lr 1e-3) and a single-sample ELBO. They differ only in how the loss is written: by hand with
 ``torch.distributions`` (analytic KL, as in pytorch/examples), or as Pyro ``model``/``guide`` functions
-with a Pyro ELBO. Epochs are timed interleaved (A, B, C, A, B, C, ...) so that machine noise hits every
+with a Pyro ELBO (through ``pv.fit``, and as the smallest inline Pyro program, to tell pyro_vae's cost
+from Pyro's). Epochs are timed interleaved (A, B, C, A, B, C, ...) so that machine noise hits every
 method alike. Reported: the median epoch, its ratio to the median hand-written epoch, and the median of
 the ratios within each round (paired, so a machine that slows down between rounds does not move it).
 
