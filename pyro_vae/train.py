@@ -239,16 +239,18 @@ def _needs_param_sites(elbo):
 
 def _loss_step(elbo, vae):
     """A function ``(x, y) -> loss`` that also leaves the loss's gradients in ``vae``'s parameters."""
+    # y only when the data have labels: the JIT ELBOs can pass tensors to their graph, not None
     if hasattr(elbo, "differentiable_loss"):
         objective = elbo(vae.model, vae.guide)   # the ELBO as an nn.Module
 
         def step(x, y):
-            loss = objective(x, y)
+            loss = objective(x) if y is None else objective(x, y)
             loss.backward()
             return loss.detach()
     else:  # e.g. RenyiELBO, which computes its gradients itself and returns a float
         def step(x, y):
-            return torch.tensor(elbo.loss_and_grads(vae.model, vae.guide, x, y))
+            args = (x,) if y is None else (x, y)
+            return torch.tensor(elbo.loss_and_grads(vae.model, vae.guide, *args))
     return step
 
 

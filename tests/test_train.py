@@ -182,6 +182,15 @@ def test_jit_elbo_matches_eager_on_a_batch_of_another_size(digits_binary):
     assert draws["jit"].std() > 0   # really sampled, not a frozen draw
 
 
+def test_jit_elbo_trains_on_images_without_labels(digits_binary):
+    # the batches of unlabelled data carry y=None, which a torch.jit graph cannot take as an input
+    unlabelled = pv.data.from_tensor(digits_binary[0].images[:200], binarize="static")
+    assert unlabelled.labels is None
+    history = pv.fit(small_vae(), unlabelled, epochs=2, loss=JitTrace_ELBO(ignore_jit_warnings=True), progress=False)
+    assert all(math.isfinite(h["train_elbo"]) for h in history)
+    assert history[-1]["train_elbo"] > history[0]["train_elbo"] - 1.0
+
+
 def test_bad_arguments_and_data(digits_binary, digits_grey, mnist5k):
     train = digits_binary[0]
     for kwargs, match in [(dict(epochs=0), "epochs"), (dict(batch_size=-3), "batch_size"),
