@@ -77,10 +77,10 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
     :param float lr: learning rate.
     :param loss: a Pyro ELBO instance (default ``Trace_ELBO()``); e.g. ``TraceMeanField_ELBO()`` for an
         analytic KL, ``RenyiELBO(alpha=0, num_particles=5, vectorize_particles=True)`` for IWAE, or
-        ``JitTrace_ELBO()``: the default's estimator traced once by ``torch.jit`` (on the first batch of
-        each ``fit`` call) and replayed, without Pyro's Python work per step; right for models whose
-        structure does not change from step to step (all of this package's), measured in
-        benchmarks/README.md.
+        ``JitTrace_ELBO()``: the default's estimator traced once by ``torch.jit`` (on one batch, before
+        the first step of each ``fit`` call, outside the run's random stream so that resumed runs stay
+        exact) and replayed, without Pyro's Python work per step; right for models whose structure does
+        not change from step to step (all of this package's), measured in benchmarks/README.md.
     :param optimizer: callable ``params, lr -> torch.optim.Optimizer`` (default ``torch.optim.Adam``).
     :param int seed: seeds Pyro/PyTorch and the shuffling; equal seeds give equal runs.
     :param device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ... decided here, once.
@@ -164,6 +164,9 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
         if main:
             save_json({"vae": vae.config, "fit": settings, **(run_info or {})},
                       os.path.join(checkpoint_dir, CONFIG))
+
+    if isinstance(loss, JIT_ELBOS):
+        _compile_before_training(step_loss, train, batch_size, shard, device)
 
     steps_per_epoch = train.num_batches(batch_size, shard=shard)
     images_per_epoch = math.ceil(len(train) / world) * world   # with the padding of shard
@@ -252,6 +255,20 @@ def _loss_step(elbo, vae):
             args = (x,) if y is None else (x, y)
             return torch.tensor(elbo.loss_and_grads(vae.model, vae.guide, *args))
     return step
+
+
+def _compile_before_training(step_loss, train, batch_size, shard, device):
+    """Trace a JIT ELBO on one batch before the first step, with the random state put back afterwards.
+
+    On its first call a JIT ELBO runs the model and guide twice more to trace them, which draws random
+    numbers. Doing that here, outside the run's random stream, keeps a resumed run (which traces again)
+    equal to an uninterrupted one. The gradients it leaves are cleared by the first step's
+    ``zero_grad``; the optimizer has not moved.
+    """
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        # the batch too: dynamic binarization draws from the global random state
+        x, y = next(train.batches(batch_size, generator=torch.Generator().manual_seed(0), shard=shard))
+        step_loss(x, y)
 
 
 def _prepare_run_folder(folder, ckpt_path, vae, resume, overwrite):

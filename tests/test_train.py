@@ -47,18 +47,23 @@ def test_equal_seeds_give_equal_runs(digits_binary):
     assert history[-1]["train_elbo"] != runs[0][0][-1]["train_elbo"]
 
 
-def test_resume_matches_uninterrupted_run(digits_binary, tmp_path):
+@pytest.mark.parametrize("make_loss", [Trace_ELBO, lambda: JitTrace_ELBO(ignore_jit_warnings=True)],
+                         ids=["trace", "jit"])
+def test_resume_matches_uninterrupted_run(make_loss, digits_binary, tmp_path):
+    # with a JIT ELBO the resumed run traces again, on its first batch: that must not change the numbers
     train, test = digits_binary
     pyro.set_rng_seed(1)
     straight = small_vae(prior=priors.MixtureOfGaussians(3))
-    full = pv.fit(straight, train, test=test, epochs=4, seed=1, progress=False, checkpoint_dir=tmp_path / "a")
+    full = pv.fit(straight, train, test=test, epochs=4, seed=1, progress=False, checkpoint_dir=tmp_path / "a",
+                  loss=make_loss())
 
     pyro.set_rng_seed(1)
     resumed = small_vae(prior=priors.MixtureOfGaussians(3))
-    pv.fit(resumed, train, test=test, epochs=2, seed=1, progress=False, checkpoint_dir=tmp_path / "b")
+    pv.fit(resumed, train, test=test, epochs=2, seed=1, progress=False, checkpoint_dir=tmp_path / "b",
+           loss=make_loss())
     again = small_vae(prior=priors.MixtureOfGaussians(3))   # a fresh process would start from scratch too
     history = pv.fit(again, train, test=test, epochs=4, seed=1, progress=False, checkpoint_dir=tmp_path / "b",
-                     resume=True)
+                     resume=True, loss=make_loss())
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert [h["train_elbo"] for h in history] == [h["train_elbo"] for h in full]
     assert [h["test_elbo"] for h in history] == [h["test_elbo"] for h in full]

@@ -98,8 +98,9 @@ else:
 # work is a visible share of the step. `JitTrace_ELBO` computes the same estimator, but traces the
 # guide and the model once with `torch.jit` (on the first batch) and afterwards replays the recorded
 # graph. It suits models whose structure is the same on every step, as all of `pyro_vae`'s are; the
-# KL weight is frozen into the graph, so `fit` refuses it together with `beta` or `warmup`. The first
-# epoch pays for the tracing, which is why the average below leaves it out.
+# KL weight is frozen into the graph, so `fit` refuses it together with `beta` or `warmup`. `fit`
+# traces before its first epoch, and the first epoch is still a little slower (the JIT optimises the
+# graph during its first runs), which is why the average below leaves it out.
 
 # %%
 timings["CPU, 1 process, JitTrace_ELBO"], jit_elbo = seconds_per_epoch(
