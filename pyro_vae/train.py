@@ -165,14 +165,13 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
             save_json({"vae": vae.config, "fit": settings, **(run_info or {})},
                       os.path.join(checkpoint_dir, CONFIG))
 
-    if isinstance(loss, JIT_ELBOS):
-        _compile_before_training(step_loss, train, batch_size, shard, device)
-
     steps_per_epoch = train.num_batches(batch_size, shard=shard)
     images_per_epoch = math.ceil(len(train) / world) * world   # with the padding of shard
     bar = tqdm(total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, unit="step",
                desc="fit", disable=not (progress and main), dynamic_ncols=True)
-    vae.train()
+    vae.train()   # before a JIT ELBO traces: the graph keeps the mode it was traced in
+    if isinstance(loss, JIT_ELBOS):
+        _compile_before_training(step_loss, vae, train, batch_size, shard, device)
     registers = getattr(vae, "register_params", None)
     try:
         if registers is not None and not _needs_param_sites(loss):
@@ -257,14 +256,17 @@ def _loss_step(elbo, vae):
     return step
 
 
-def _compile_before_training(step_loss, train, batch_size, shard, device):
+def _compile_before_training(step_loss, vae, train, batch_size, shard, device):
     """Trace a JIT ELBO on one batch before the first step, with the random state put back afterwards.
 
     On its first call a JIT ELBO runs the model and guide twice more to trace them, which draws random
     numbers. Doing that here, outside the run's random stream, keeps a resumed run (which traces again)
     equal to an uninterrupted one. The gradients it leaves are cleared by the first step's
-    ``zero_grad``; the optimizer has not moved.
+    ``zero_grad``; the optimizer has not moved. The KL weight is set first, as the graph freezes it
+    (fit allows JIT ELBOs only with the weight 1).
     """
+    if hasattr(vae, "kl_scale"):
+        vae.kl_scale = 1.0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         # the batch too: dynamic binarization draws from the global random state
         x, y = next(train.batches(batch_size, generator=torch.Generator().manual_seed(0), shard=shard))
