@@ -26,6 +26,7 @@ import time
 import warnings
 
 import torch
+from matplotlib.figure import Figure
 
 import pyro
 import pyro.distributions as dist
@@ -33,6 +34,7 @@ from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.optim import Adam as PyroAdam
 
 import pyro_vae as pv
+from pyro_vae.checkpoint import save_json
 from pyro_vae.networks import MLPDecoder, MLPEncoder
 
 HIDDEN, LATENT = 400, 50
@@ -256,14 +258,39 @@ def main(argv=None):
     print("ratio: median epoch / median hand-written epoch; paired: median over rounds of the ratio within a round")
     out = args.json or os.path.join(os.path.dirname(__file__), "results", f"speed-{device.type}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump({"dataset": args.dataset, "num_images": len(train), "device": str(device),
-                   "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-                   "threads": torch.get_num_threads(), "peak_gflops": peak, "repeats": args.repeats,
-                   "torch": torch.__version__, "pyro": pyro.__version__, "smoke": smoke, "rows": rows,
-                   "argv": sys.argv[1:]}, f, indent=2)
-    print(f"wrote {out}")
+    result = {"dataset": args.dataset, "num_images": len(train), "device": str(device),
+              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+              "threads": torch.get_num_threads(), "peak_gflops": peak, "repeats": args.repeats,
+              "torch": torch.__version__, "pyro": pyro.__version__, "smoke": smoke, "rows": rows,
+              "argv": sys.argv[1:]}
+    save_json(result, out)
+    picture = os.path.splitext(out)[0] + ".png"
+    plot_ratios(result).savefig(picture, dpi=100)
+    print(f"wrote {out} and {picture}")
     return rows
+
+
+def plot_ratios(result):
+    """Bar chart of the paired ratios to the hand-written VAE, one group of bars per batch size."""
+    batch_sizes = sorted({r["batch_size"] for r in result["rows"]})
+    methods = [m for m in dict.fromkeys(r["method"] for r in result["rows"]) if m != "hand-written PyTorch"]
+    ratio = {(r["batch_size"], r["method"]): r["paired_ratio"] for r in result["rows"]}
+    fig = Figure(figsize=(8, 4), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / max(len(methods), 1)
+    for i, method in enumerate(methods):
+        xs = [b + (i - (len(methods) - 1) / 2) * width for b in range(len(batch_sizes))]
+        bars = ax.bar(xs, [ratio.get((b, method), float("nan")) for b in batch_sizes], width, label=method)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.axhline(1.0, color="black", linewidth=1, label="hand-written PyTorch")
+    ax.set_xticks(range(len(batch_sizes)), [f"batch {b}" for b in batch_sizes])
+    ax.set_ylabel("epoch time / hand-written (paired median)")
+    ax.set_ylim(0.9, None)
+    where = result["device_name"] or result["device"]
+    ax.set_title(f"{result['dataset']}, {result['num_images']} images, {where}, {result['threads']} threads",
+                 fontsize=10)
+    ax.legend(fontsize=7, loc="upper right")
+    return fig
 
 
 if __name__ == "__main__":

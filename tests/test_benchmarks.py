@@ -50,6 +50,7 @@ def test_benchmark_smoke(name, tmp_path, monkeypatch, capsys):
         fit_rows = [row for row in result["rows"] if row["method"].startswith("pyro_vae.fit")]
         assert fit_rows and all(row["first_epoch_of_fit_seconds"] > 0 for row in fit_rows)
         assert result["peak_gflops"] > 0
+        assert (tmp_path / "result.png").stat().st_size > 0   # the chart of the ratios
     elif name == "quality.py":
         configs = {row["config"] for row in result["rows"]}
         assert any(c.startswith("peer") for c in configs) and "pyro_vae default" in configs
