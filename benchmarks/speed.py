@@ -17,7 +17,6 @@ Prints a table and writes JSON (``--json``, default ``benchmarks/results/speed-<
 """
 
 import argparse
-import json
 import os
 import platform
 import statistics

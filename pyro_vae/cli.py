@@ -193,8 +193,8 @@ def _check_combination(args):
         raise ConfigError(f"--prior vamp mixes the encoder's posteriors at pseudo-images, but --model {args.model}'s "
                           f"encoder also needs the label; choose another --prior")
     if args.jit and (args.objective == "iwae" or args.model == "m2"):
-        raise ConfigError(f"--jit compiles Trace_ELBO or TraceMeanField_ELBO, which "
-                          + ("--objective iwae" if args.objective == "iwae" else "--model m2") + " does not use; drop --jit")
+        what = "--objective iwae" if args.objective == "iwae" else "--model m2"
+        raise ConfigError(f"--jit compiles Trace_ELBO or TraceMeanField_ELBO, which {what} does not use; drop --jit")
     if args.objective == "iwae" and args.num_particles == 1:
         raise ConfigError("--objective iwae with one particle is the plain ELBO; use --num-particles 2 or more")
 
