@@ -238,3 +238,9 @@ def test_cuda_training_and_evaluation(mnist5k):
     assert vae.device.type == "cuda" and math.isfinite(history[-1]["test_elbo"])
     log_px = pv.evaluate.log_likelihood(vae, test.to("cuda"), num_samples=100)
     assert log_px > history[-1]["test_elbo"] - 1.0
+    # the compiled ELBO on the GPU, including the tracing under a forked CUDA random state
+    jit_vae = pv.VAE(latent_dim=8)
+    jit_history = pv.fit(jit_vae, train, epochs=2, device="cuda", progress=False,
+                         loss=JitTrace_ELBO(ignore_jit_warnings=True))
+    assert math.isfinite(jit_history[-1]["train_elbo"])
+    assert jit_history[-1]["train_elbo"] > jit_history[0]["train_elbo"] - 1.0
