@@ -132,10 +132,10 @@ def minimal_pyro_epoch(state, data, batch_size, generator):
 def make_fit(loss_factory):
     """An epoch of ``pv.fit`` with the given ELBO, timed in the steady state.
 
-    Each call runs ``fit`` for two epochs on the same model and reports the second: the first epoch of
-    every ``fit`` call pays for once-per-run work (``JitTrace_ELBO`` traces and compiles the ELBO there,
-    about 0.2 s; eager ELBOs pay next to nothing), which a real run of many epochs pays once, not per
-    epoch. That first epoch is kept as ``first_epoch_of_fit_seconds``.
+    Each call runs ``fit`` for two epochs on the same model and reports the second: with
+    ``JitTrace_ELBO`` the first epoch of every ``fit`` call is slower (about 0.1 s here) while the JIT
+    optimises the graph it traced before that epoch; eager ELBOs pay next to nothing. A real run of many
+    epochs pays that once, not per epoch. The first epoch is kept as ``first_epoch_of_fit_seconds``.
     """
     def setup(image_shape, device):
         return {"vae": tutorial_vae(image_shape).to(device), "loss": loss_factory(), "first": []}

@@ -170,10 +170,10 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
     bar = tqdm(total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, unit="step",
                desc="fit", disable=not (progress and main), dynamic_ncols=True)
     vae.train()   # before a JIT ELBO traces: the graph keeps the mode it was traced in
-    if isinstance(loss, JIT_ELBOS):
-        _compile_before_training(step_loss, vae, train, batch_size, shard, device)
     registers = getattr(vae, "register_params", None)
     try:
+        if isinstance(loss, JIT_ELBOS):
+            _compile_before_training(step_loss, vae, train, batch_size, shard, device)
         if registers is not None and not _needs_param_sites(loss):
             vae.register_params = False
         # argument validation runs once per distribution object; in the hot loop it only costs time
@@ -241,19 +241,23 @@ def _needs_param_sites(elbo):
 
 def _loss_step(elbo, vae):
     """A function ``(x, y) -> loss`` that also leaves the loss's gradients in ``vae``'s parameters."""
-    # y only when the data have labels: the JIT ELBOs can pass tensors to their graph, not None
     if hasattr(elbo, "differentiable_loss"):
         objective = elbo(vae.model, vae.guide)   # the ELBO as an nn.Module
 
         def step(x, y):
-            loss = objective(x) if y is None else objective(x, y)
+            loss = objective(*_inputs(x, y))
             loss.backward()
             return loss.detach()
     else:  # e.g. RenyiELBO, which computes its gradients itself and returns a float
         def step(x, y):
-            args = (x,) if y is None else (x, y)
-            return torch.tensor(elbo.loss_and_grads(vae.model, vae.guide, *args))
+            return torch.tensor(elbo.loss_and_grads(vae.model, vae.guide, *_inputs(x, y)))
     return step
+
+
+def _inputs(x, y):
+    # y only when the data have labels: the JIT ELBOs pass their inputs to a compiled graph, which takes
+    # tensors but not None (model and guide default y to None)
+    return (x,) if y is None else (x, y)
 
 
 def _compile_before_training(step_loss, vae, train, batch_size, shard, device):
