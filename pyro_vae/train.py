@@ -8,6 +8,7 @@ but ``fit`` itself reads no loss back per step: losses stay on the device and ar
 the loss for NaN, so on a GPU a step still waits for the device inside Pyro.)
 """
 
+import copy
 import math
 import os
 import time
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 
 import pyro
 from pyro.infer import JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO, JitTraceMeanField_ELBO, Trace_ELBO
+from pyro.ops.jit import CompiledFunction
 
 from . import distributed as parallel
 from . import evaluate
@@ -142,6 +144,8 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
     if isinstance(loss, JIT_ELBOS) and (beta != 1.0 or warmup):
         raise ConfigError(f"{type(loss).__name__} compiles the KL weight into its graph once, so beta and warmup "
                           f"would be ignored; use {type(loss).__name__[3:]} for beta or warmup")
+    if isinstance(loss, JIT_ELBOS):
+        loss = _without_compiled_graphs(loss)
     step_loss = _loss_step(loss, vae)
 
     history, start_epoch = [], 0
@@ -258,6 +262,21 @@ def _inputs(x, y):
     # y only when the data have labels: the JIT ELBOs pass their inputs to a compiled graph, which takes
     # tensors but not None (model and guide default y to None)
     return (x,) if y is None else (x, y)
+
+
+def _without_compiled_graphs(elbo):
+    """A copy of a JIT ELBO that has compiled nothing yet (the caller's instance is left as it was).
+
+    A Pyro JIT ELBO builds its compiled function on its first call, as a closure over the ``model`` and
+    ``guide`` of *that* call, and keeps it: called later with another model (a second ``fit`` with the
+    same instance and a new VAE) it traces the first model's program again, so the new VAE got no
+    gradients and did not train, silently. Each ``fit`` therefore starts from a copy without it.
+    """
+    fresh = copy.copy(elbo)
+    for name, value in list(vars(fresh).items()):
+        if isinstance(value, CompiledFunction):
+            delattr(fresh, name)
+    return fresh
 
 
 def _compile_before_training(step_loss, vae, train, batch_size, shard, device):

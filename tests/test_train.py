@@ -196,6 +196,21 @@ def test_jit_elbo_trains_on_images_without_labels(digits_binary):
     assert history[-1]["train_elbo"] > history[0]["train_elbo"] - 1.0
 
 
+def test_one_jit_elbo_instance_trains_two_vaes(digits_binary):
+    # a Pyro JIT ELBO keeps its compiled function as a closure over the first model it was called with;
+    # reused by a second fit with another VAE it used to run the first VAE's program, so the second VAE
+    # got no gradients and stayed as initialised while fit reported the first one's ELBO
+    train = digits_binary[0].subset(range(400))
+    elbo = JitTrace_ELBO(ignore_jit_warnings=True)
+    pv.fit(small_vae(), train, epochs=2, loss=elbo, progress=False)
+    second_vae = small_vae()
+    initial = [p.detach().clone() for p in second_vae.parameters()]
+    pv.fit(second_vae, train, epochs=2, loss=elbo, progress=False)
+    assert all(not torch.equal(a, b) for a, b in zip(initial, second_vae.parameters()))   # every weight moved
+    # fit compiled into a copy: the caller's instance holds no graph of either VAE
+    assert not any(isinstance(v, pyro.ops.jit.CompiledFunction) for v in vars(elbo).values())
+
+
 def test_bad_arguments_and_data(digits_binary, digits_grey, mnist5k):
     train = digits_binary[0]
     for kwargs, match in [(dict(epochs=0), "epochs"), (dict(batch_size=-3), "batch_size"),
