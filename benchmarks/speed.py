@@ -5,7 +5,8 @@ Both sides use the *same* networks (the Pyro tutorial's 784-400-50 softplus MLPs
 (Adam, lr 1e-3) and a single-sample ELBO. They differ only in how the loss is written: by hand with
 ``torch.distributions`` (analytic KL, as in pytorch/examples), or as Pyro ``model``/``guide`` functions
 with a Pyro ELBO (through ``pv.fit``, and as the smallest inline Pyro program, to tell pyro_vae's cost
-from Pyro's). Epochs are timed interleaved (A, B, C, A, B, C, ...) so that machine noise hits every
+from Pyro's). A third plain loop computes ``Trace_ELBO``'s estimator (Monte Carlo KL) from
+``torch.distributions`` log-densities, to tell the cost of that estimator from Pyro's handling. Epochs are timed interleaved (A, B, C, A, B, C, ...) so that machine noise hits every
 method alike. Reported: the median epoch, its ratio to the median hand-written epoch, and the median of
 the ratios within each round (paired, so a machine that slows down between rounds does not move it).
 
@@ -68,24 +69,43 @@ def timed(epoch):
     return run
 
 
-@timed
-def hand_written_epoch(state, data, batch_size, generator):
-    """One epoch of the plain PyTorch VAE: the loop a user would write without Pyro."""
-    encoder, decoder, opt = state
-    total = torch.zeros((), device=data.images.device)
-    for x, _ in data.batches(batch_size, generator=generator):
-        loc, scale = encoder(x)
-        z = loc + scale * torch.randn_like(loc)
-        logits = decoder(z)
-        log_lik = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="sum")
-        kl = torch.distributions.kl_divergence(torch.distributions.Normal(loc, scale),
-                                               torch.distributions.Normal(0.0, 1.0)).sum()
-        loss = kl - log_lik
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        total += loss.detach()
-    return total.item()
+def closed_form_loss(encoder, decoder, x):
+    """The hand-written VAE's loss, as in pytorch/examples: the closed-form KL and one summed BCE."""
+    loc, scale = encoder(x)
+    z = loc + scale * torch.randn_like(loc)
+    logits = decoder(z)
+    log_lik = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+    kl = torch.distributions.kl_divergence(torch.distributions.Normal(loc, scale),
+                                           torch.distributions.Normal(0.0, 1.0)).sum()
+    return kl - log_lik
+
+
+def log_density_loss(encoder, decoder, x):
+    """``Trace_ELBO``'s single-sample estimator without Pyro: log p(x|z) + log p(z) - log q(z|x) at one
+    z ~ q(z|x), each from a ``torch.distributions`` log-density. Against :func:`closed_form_loss` it
+    prices the Monte Carlo KL; against the inline Pyro program, Pyro's own handling of the sites."""
+    D = torch.distributions
+    posterior = D.Independent(D.Normal(*encoder(x), validate_args=False), 1)
+    z = posterior.rsample()
+    prior = D.Independent(D.Normal(z.new_zeros(()), 1.0, validate_args=False).expand(z.shape), 1)
+    likelihood = D.Independent(D.Bernoulli(logits=decoder(z), validate_args=False), 3)
+    return -(likelihood.log_prob(x) + prior.log_prob(z) - posterior.log_prob(z)).sum()
+
+
+def plain_epoch(loss_fn):
+    """One epoch of a plain PyTorch loop (no Pyro) around ``loss_fn(encoder, decoder, x)``."""
+    @timed
+    def epoch(state, data, batch_size, generator):
+        encoder, decoder, opt = state
+        total = torch.zeros((), device=data.images.device)
+        for x, _ in data.batches(batch_size, generator=generator):
+            loss = loss_fn(encoder, decoder, x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach()
+        return total.item()
+    return epoch
 
 
 def make_hand_written(image_shape, device):
@@ -208,7 +228,8 @@ def main(argv=None):
     train = train.to(device)
     shape = train.image_shape
     methods = {
-        "hand-written PyTorch": (make_hand_written, hand_written_epoch),
+        "hand-written PyTorch": (make_hand_written, plain_epoch(closed_form_loss)),
+        "hand-written, Monte Carlo KL": (make_hand_written, plain_epoch(log_density_loss)),
         "minimal Pyro model/guide, Trace_ELBO": (make_minimal_pyro, minimal_pyro_epoch),
         "pyro_vae.fit Trace_ELBO": make_fit(Trace_ELBO),
         "pyro_vae.fit TraceMeanField_ELBO": make_fit(TraceMeanField_ELBO),
@@ -274,7 +295,7 @@ def plot_ratios(result):
     batch_sizes = sorted({r["batch_size"] for r in result["rows"]})
     methods = [m for m in dict.fromkeys(r["method"] for r in result["rows"]) if m != "hand-written PyTorch"]
     ratio = {(r["batch_size"], r["method"]): r["paired_ratio"] for r in result["rows"]}
-    fig = Figure(figsize=(8, 4), layout="constrained")
+    fig = Figure(figsize=(10, 4), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / max(len(methods), 1)
     for i, method in enumerate(methods):
@@ -284,11 +305,11 @@ def plot_ratios(result):
     ax.axhline(1.0, color="black", linewidth=1, label="hand-written PyTorch")
     ax.set_xticks(range(len(batch_sizes)), [f"batch {b}" for b in batch_sizes])
     ax.set_ylabel("epoch time / hand-written (paired median)")
-    ax.set_ylim(0.9, None)
+    ax.set_ylim(min([0.9] + [v - 0.05 for v in ratio.values()]), None)   # a method faster than by hand shows too
     where = result["device_name"] or result["device"]
     ax.set_title(f"{result['dataset']}, {result['num_images']} images, {where}, {result['threads']} threads",
                  fontsize=10)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))   # beside the bars, never over them
     return fig
 
 
