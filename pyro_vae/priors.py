@@ -27,10 +27,17 @@ class Prior(nn.Module):
     latent_dim = None
 
     def setup(self, latent_dim, vae=None):
-        """Create the parameters for ``latent_dim`` (called once by the VAE that owns the prior)."""
-        if self.latent_dim is not None and self.latent_dim != latent_dim:
-            raise ConfigError(f"this {type(self).__name__} was already set up for latent_dim={self.latent_dim}; "
-                              f"create a new prior object for latent_dim={latent_dim}")
+        """Create the parameters for ``latent_dim`` (called once by the VAE that owns the prior).
+
+        A prior passed to a second VAE of the same latent size is shared, like any ``nn.Module`` that two
+        models hold: it keeps the parameters it has (building them again would silently reset a trained
+        prior in the first VAE too).
+        """
+        if self.latent_dim is not None:
+            if self.latent_dim != latent_dim:
+                raise ConfigError(f"this {type(self).__name__} was already set up for latent_dim={self.latent_dim}; "
+                                  f"create a new prior object for latent_dim={latent_dim}")
+            return
         self.latent_dim = int(latent_dim)
         self.build(self.latent_dim, vae)
 
@@ -129,6 +136,13 @@ class VampPrior(Prior):
         # a plain list hides the encoder from nn.Module: registering it here as well would duplicate its
         # entries in the VAE's state_dict and make the module graph cyclic
         self._shared = []
+
+    def setup(self, latent_dim, vae=None):
+        # its density runs the owning VAE's encoder, which is not a parameter of any other VAE
+        if self._shared:
+            raise ConfigError("this VampPrior already belongs to another VAE, whose encoder it uses; "
+                              "create a new VampPrior for this one")
+        super().setup(latent_dim, vae)
 
     def build(self, latent_dim, vae):
         if vae is None or not hasattr(vae, "encoder") or not hasattr(vae, "image_shape"):

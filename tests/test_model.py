@@ -125,6 +125,23 @@ def test_prior_cannot_be_shared_across_sizes():
         pv.VAE(image_shape=(1, 8, 8), latent_dim=4, prior=prior)
 
 
+def test_a_prior_passed_to_a_second_vae_is_shared_not_reset():
+    first = pv.VAE(image_shape=(1, 8, 8), latent_dim=2, prior=priors.MixtureOfGaussians(3))
+    with torch.no_grad():
+        for p in first.prior.parameters():
+            p.add_(1.0)   # as if trained
+    learned = {k: v.clone() for k, v in first.prior.state_dict().items()}
+    second = pv.VAE(image_shape=(1, 8, 8), latent_dim=2, prior=first.prior)
+    assert second.prior is first.prior
+    assert all(torch.equal(learned[k], v) for k, v in first.prior.state_dict().items())
+    # a VampPrior evaluates its owner's encoder: a second VAE cannot take it over
+    vamp = priors.VampPrior(5)
+    owner = pv.VAE(image_shape=(1, 8, 8), latent_dim=2, prior=vamp)
+    with pytest.raises(pv.ConfigError, match="create a new VampPrior"):
+        pv.VAE(image_shape=(1, 8, 8), latent_dim=2, prior=vamp)
+    assert vamp.encoder is owner.encoder
+
+
 @pytest.mark.parametrize("bad", [dict(latent_dim=0), dict(image_shape=(8, 8)), dict(image_shape=(1, 0, 8))])
 def test_bad_sizes_are_refused(bad):
     with pytest.raises(pv.ConfigError):
