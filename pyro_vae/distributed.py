@@ -74,6 +74,13 @@ def share(obj, src=0):
     return box[0]
 
 
+def gather(obj):
+    """The Python objects ``obj`` of every process, in rank order, on every process."""
+    objects = [None] * dist.get_world_size()
+    dist.all_gather_object(objects, obj)
+    return objects
+
+
 def barrier():
     dist.barrier()
 

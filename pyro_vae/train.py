@@ -9,6 +9,7 @@ the loss for NaN, so on a GPU a step still waits for the device inside Pyro.)
 """
 
 import copy
+import json
 import math
 import os
 import time
@@ -22,7 +23,8 @@ from pyro.ops.jit import CompiledFunction
 
 from . import distributed as parallel
 from . import evaluate
-from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, load_json, load_state, save_checkpoint, save_json
+from .checkpoint import (CHECKPOINT, CONFIG, METRICS, load_checkpoint, load_json, load_state, save_checkpoint,
+                         save_json)
 from .errors import CheckpointError, ConfigError, TrainingError
 
 
@@ -100,6 +102,9 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
     :param bool distributed: data-parallel training over the processes started by ``torchrun``
         (see :mod:`pyro_vae.distributed`); ``batch_size`` is per process, only rank 0 writes files.
     :param dict run_info: extra JSON-serialisable entries for ``config.json`` (e.g. data settings).
+        A resumed run must be given the same model, settings (all but ``epochs``) and ``run_info``
+        (all but its ``cli`` entry, the command line) as the run it continues: anything else raises
+        :class:`~pyro_vae.errors.CheckpointError` instead of silently mixing two runs in one folder.
     :returns: list of dicts, one per epoch: ``epoch``, ``train_elbo`` and ``test_elbo`` (nats per
         datapoint; ``test_elbo`` is ``None`` without a test set) and ``seconds``. With ``beta != 1`` the
         ``train_elbo`` entry is the weighted training objective, ``test_elbo`` the true ELBO.
@@ -120,6 +125,12 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
         raise ConfigError(f"warmup must be a non-negative number of epochs, got {warmup!r}")
     if resume and checkpoint_dir is None:
         raise ConfigError("resume=True needs checkpoint_dir (the run folder to resume from)")
+    if resume and overwrite:
+        raise ConfigError("resume (--resume) continues the run in the folder and overwrite (--overwrite) "
+                          "replaces it; pass only one")
+    if (beta != 1.0 or warmup) and not hasattr(vae, "kl_scale"):
+        raise ConfigError(f"beta and warmup weight the latent sites through the model's kl_scale, which "
+                          f"{type(vae).__name__} does not have; add a kl_scale attribute (see VAE) or drop them")
     if distributed:
         rank, world, device = parallel.init(device)
     else:
@@ -154,16 +165,22 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
                 "loss": type(loss).__name__, "clip_norm": clip_norm, "beta": beta, "warmup": warmup}
     if ckpt_path:
         if main:
-            _prepare_run_folder(checkpoint_dir, ckpt_path, vae, resume, overwrite)
+            _prepare_run_folder(checkpoint_dir, ckpt_path, vae, resume, overwrite, settings, run_info)
         if distributed:
             parallel.barrier()
-        if resume and os.path.exists(ckpt_path):
-            state = load_checkpoint(ckpt_path, map_location=device)
+        if resume:
+            # on the CPU: the RNG states must stay there; load_state_dict puts weights and optimizer state
+            # on the parameters' device
+            state = load_checkpoint(ckpt_path, map_location="cpu")
             load_state(vae, state["model"], ckpt_path)
             opt.load_state_dict(state["optimizer"])
-            _set_rng_state(state["rng"], device, shuffle)
-            if rank:  # the checkpoint holds rank 0's RNG; the others draw their own noise again
-                torch.manual_seed(seed + rank + 1000 * int(state["epoch"]))
+            ranks = state.get("rng_ranks")
+            if ranks is not None and len(ranks) == world:
+                _set_rng_state(ranks[rank], device, shuffle)
+            else:
+                _set_rng_state(state["rng"], device, shuffle)
+                if rank:  # saved by a run of another size: the other ranks draw their own noise again
+                    torch.manual_seed(seed + rank + 1000 * int(state["epoch"]))
             history, start_epoch = list(state["history"]), int(state["epoch"])
         if main:
             save_json({"vae": vae.config, "fit": settings, **(run_info or {})},
@@ -176,10 +193,9 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
     vae.train()   # before a JIT ELBO traces: the graph keeps the mode it was traced in
     registers = getattr(vae, "register_params", None)
     try:
-        if isinstance(loss, JIT_ELBOS):
-            _compile_before_training(step_loss, vae, train, batch_size, shard, device)
         if registers is not None and not _needs_param_sites(loss):
             vae.register_params = False
+        _first_call_outside_the_run(step_loss, vae, train, batch_size, shard, device)
         # argument validation runs once per distribution object; in the hot loop it only costs time
         with pyro.validation_enabled(False):
             for epoch in range(start_epoch + 1, epochs + 1):
@@ -203,11 +219,16 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
                 if distributed:
                     losses = parallel.all_sum(losses)
                 total = losses.sum().item()
+                kept = f"the checkpoint of epoch {history[-1]['epoch']} is kept; " if ckpt_path and history else ""
                 if not math.isfinite(total):
                     bad = int((~torch.isfinite(losses)).nonzero()[0])
-                    kept = f"the checkpoint of epoch {history[-1]['epoch']} is kept; " if ckpt_path and history else ""
                     raise TrainingError(f"the loss became {losses[bad].item()} at epoch {epoch}, step {bad + 1}; "
                                         f"{kept}lower the learning rate (lr) or clip gradients (clip_norm)")
+                # the losses were computed before each step: the last step can still have broken the weights,
+                # and a checkpoint of them would fail again on resume
+                if not bool(torch.stack([p.detach().isfinite().all() for p in vae.parameters()]).all()):
+                    raise TrainingError(f"the weights became NaN or infinite in epoch {epoch}; {kept}"
+                                        f"lower the learning rate (lr) or clip gradients (clip_norm)")
                 record = {"epoch": epoch, "train_elbo": -total / images_per_epoch, "test_elbo": None}
                 if test is not None:
                     record["test_elbo"] = evaluate.elbo(vae, test)["elbo"]
@@ -217,11 +238,19 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
                 history.append(record)
                 bar.set_postfix_str(f"epoch {epoch} train ELBO {record['train_elbo']:.2f}"
                                     + ("" if record["test_elbo"] is None else f" test ELBO {record['test_elbo']:.2f}"))
-                if ckpt_path and main:
-                    save_checkpoint({"format": 1, "epoch": epoch, "model": vae.state_dict(),
-                                     "optimizer": opt.state_dict(), "rng": _rng_state(device, shuffle),
-                                     "history": history, "config": vae.config}, ckpt_path)
-                if callback is not None and callback(vae, record):
+                if ckpt_path:
+                    rng = _rng_state(device, shuffle)
+                    # every rank's own noise, so that a resumed data-parallel run is exact too
+                    ranks = parallel.gather(rng) if distributed else None
+                    if main:
+                        save_checkpoint({"format": 1, "epoch": epoch, "model": vae.state_dict(),
+                                         "optimizer": opt.state_dict(), "rng": rng, "rng_ranks": ranks,
+                                         "history": history, "config": vae.config}, ckpt_path)
+                # the checkpoint holds the random state from before the callback: a callback that draws
+                # (sampling pictures, say) must not shift the stream, or a resumed run would differ
+                with _forked_rng(device):
+                    stop = callback is not None and callback(vae, record)
+                if stop:
                     break
     finally:
         bar.close()
@@ -279,24 +308,31 @@ def _without_compiled_graphs(elbo):
     return fresh
 
 
-def _compile_before_training(step_loss, vae, train, batch_size, shard, device):
-    """Trace a JIT ELBO on one batch before the first step, with the random state put back afterwards.
+def _forked_rng(device):
+    """A block whose random draws (CPU, and ``device`` if it is a GPU) do not move the run's streams."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
-    On its first call a JIT ELBO runs the model and guide twice more to trace them, which draws random
-    numbers. Doing that here, outside the run's random stream, keeps a resumed run (which traces again)
-    equal to an uninterrupted one. The gradients it leaves are cleared by the first step's
-    ``zero_grad``; the optimizer has not moved. The KL weight is set first, as the graph freezes it
-    (fit allows JIT ELBOs only with the weight 1).
+
+def _first_call_outside_the_run(step_loss, vae, train, batch_size, shard, device):
+    """Call the ELBO once on one batch before the first step, with the random state put back afterwards.
+
+    Some ELBOs draw random numbers on their first call only: a JIT ELBO runs the model and guide twice
+    more to trace them, and a vectorized multi-particle ELBO (e.g. IWAE) or ``TraceEnum_ELBO`` runs them
+    once to find how deep their plates nest. A resumed run makes that first call again; made here,
+    outside the run's random stream, it leaves a resumed run equal to an uninterrupted one. The
+    gradients it leaves are cleared by the first step's ``zero_grad``; the optimizer has not moved. The
+    KL weight is set first, as a JIT graph freezes it (fit allows JIT ELBOs only with the weight 1; the
+    epoch loop sets the weight for the others).
     """
     if hasattr(vae, "kl_scale"):
         vae.kl_scale = 1.0
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with _forked_rng(device):
         # the batch too: dynamic binarization draws from the global random state
         x, y = next(train.batches(batch_size, generator=torch.Generator().manual_seed(0), shard=shard))
         step_loss(x, y)
 
 
-def _prepare_run_folder(folder, ckpt_path, vae, resume, overwrite):
+def _prepare_run_folder(folder, ckpt_path, vae, resume, overwrite, settings, run_info):
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise CheckpointError(f"{folder} is a file, not a folder; choose another output folder")
     try:
@@ -308,12 +344,31 @@ def _prepare_run_folder(folder, ckpt_path, vae, resume, overwrite):
     if os.path.exists(ckpt_path) and not (resume or overwrite):
         raise CheckpointError(f"{folder} already holds a run; pass resume=True (--resume) to continue it "
                               f"or overwrite=True (--overwrite) to start afresh")
-    if resume and os.path.exists(ckpt_path):
-        saved = load_json(os.path.join(folder, CONFIG)).get("vae") if os.path.exists(
-            os.path.join(folder, CONFIG)) else None
-        if saved is not None and saved != vae.config:
+    if resume and not os.path.exists(ckpt_path):
+        raise CheckpointError(f"nothing to resume in {folder}: it holds no checkpoint (none is written before the "
+                              f"first epoch ends); check the folder, or start the run without resume (--resume)")
+    if resume:
+        saved = load_json(os.path.join(folder, CONFIG)) if os.path.exists(os.path.join(folder, CONFIG)) else {}
+        if saved.get("vae") is not None and saved["vae"] != vae.config:
             raise CheckpointError(f"the run in {folder} was made with a different model "
-                                  f"({_first_difference(saved, vae.config)}); use another folder or --overwrite")
+                                  f"({_first_difference(saved['vae'], vae.config)}); use another folder or --overwrite")
+        # compared as JSON, as they were saved (tuples become lists); a run may only be given more epochs
+        # (and, data-parallel, another number of processes)
+        now = json.loads(json.dumps({"fit": settings, **(run_info or {})}))
+        for part, skip in (("fit", ("epochs", "world_size")), (None, ("vae", "fit", "cli"))):
+            old = saved.get(part, {}) if part else saved
+            new = now.get(part, {}) if part else now
+            old, new = ({k: v for k, v in d.items() if k not in skip} for d in (old, new))
+            if saved and old != new:
+                raise CheckpointError(f"the run in {folder} was trained with other settings "
+                                      f"({_first_difference(old, new)}); resume with the same ones, "
+                                      f"or start a new run in another folder")
+    if overwrite:
+        # the old run's files go before anything new is written: a new run that fails in its first epoch
+        # must not leave the old checkpoint beside its own config.json, where resume would pick it up
+        for name in (CHECKPOINT, METRICS):
+            if os.path.exists(os.path.join(folder, name)):
+                os.remove(os.path.join(folder, name))
 
 
 def _first_difference(saved, current):

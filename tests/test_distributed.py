@@ -29,6 +29,13 @@ WORKER = textwrap.dedent("""
     torch.save(vae.state_dict(), os.path.join(out, f"rank{rank}.pt"))
     with open(os.path.join(out, f"history{rank}.json"), "w") as f:
         json.dump(history, f)
+    # the same run interrupted after 2 epochs and resumed by fresh models: every rank's own noise is restored
+    for epochs, resume in ((2, False), (4, True)):
+        pyro.set_rng_seed(100 + rank)
+        again = pv.VAE(image_shape=(1, 8, 8), latent_dim=4, hidden=(64,))
+        pv.fit(again, train, test=test, epochs=epochs, batch_size=32, seed=5, device="cpu", progress=False,
+               checkpoint_dir=os.path.join(out, "resumed"), distributed=True, resume=resume)
+    torch.save(again.state_dict(), os.path.join(out, f"resumed{rank}.pt"))
     pv.distributed.shutdown()
 """)
 
@@ -45,6 +52,8 @@ def test_two_gloo_processes_agree_and_match_single_process(tmp_path):
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), "ranks ended with different weights"
+    resumed = torch.load(tmp_path / "resumed0.pt", weights_only=True)
+    assert all(torch.equal(rank0[k], resumed[k]) for k in rank0), "the resumed run differs from the straight one"
     h0, h1 = (json.loads((tmp_path / f"history{r}.json").read_text()) for r in (0, 1))
     assert h0 == h1 and [h["epoch"] for h in h0] == list(range(1, 5))
 

@@ -47,23 +47,33 @@ def test_equal_seeds_give_equal_runs(digits_binary):
     assert history[-1]["train_elbo"] != runs[0][0][-1]["train_elbo"]
 
 
-@pytest.mark.parametrize("make_loss", [Trace_ELBO, lambda: JitTrace_ELBO(ignore_jit_warnings=True)],
-                         ids=["trace", "jit"])
-def test_resume_matches_uninterrupted_run(make_loss, digits_binary, tmp_path):
-    # with a JIT ELBO the resumed run traces again, on its first batch: that must not change the numbers
+def _draws_pictures(vae, record):
+    vae.sample(3)   # a callback that uses the random stream, as plotting samples does
+
+
+@pytest.mark.parametrize("make_loss, callback", [
+    (Trace_ELBO, None),
+    # the resumed run traces again, on its first batch: that must not change the numbers
+    (lambda: JitTrace_ELBO(ignore_jit_warnings=True), None),
+    # on its first call a vectorized multi-particle ELBO runs model and guide once to find the plate depth
+    (lambda: RenyiELBO(alpha=0, num_particles=3, vectorize_particles=True), None),
+    (lambda: Trace_ELBO(num_particles=3, vectorize_particles=True), None),
+    (Trace_ELBO, _draws_pictures),
+], ids=["trace", "jit", "iwae", "trace-3-particles", "callback-draws"])
+def test_resume_matches_uninterrupted_run(make_loss, callback, digits_binary, tmp_path):
     train, test = digits_binary
     pyro.set_rng_seed(1)
     straight = small_vae(prior=priors.MixtureOfGaussians(3))
     full = pv.fit(straight, train, test=test, epochs=4, seed=1, progress=False, checkpoint_dir=tmp_path / "a",
-                  loss=make_loss())
+                  loss=make_loss(), callback=callback)
 
     pyro.set_rng_seed(1)
     resumed = small_vae(prior=priors.MixtureOfGaussians(3))
     pv.fit(resumed, train, test=test, epochs=2, seed=1, progress=False, checkpoint_dir=tmp_path / "b",
-           loss=make_loss())
+           loss=make_loss(), callback=callback)
     again = small_vae(prior=priors.MixtureOfGaussians(3))   # a fresh process would start from scratch too
     history = pv.fit(again, train, test=test, epochs=4, seed=1, progress=False, checkpoint_dir=tmp_path / "b",
-                     resume=True, loss=make_loss())
+                     resume=True, loss=make_loss(), callback=callback)
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert [h["train_elbo"] for h in history] == [h["train_elbo"] for h in full]
     assert [h["test_elbo"] for h in history] == [h["test_elbo"] for h in full]
@@ -87,6 +97,10 @@ def test_checkpoint_is_plain_data_and_load_run_restores_outputs(digits_binary, t
         assert torch.equal(loaded.generate(z), vae.generate(z))
         assert torch.equal(loaded.encode(x)[1], vae.encode(x)[1])
     assert not any(name.startswith(".tmp-") for name in os.listdir(tmp_path))
+    # readable like any other new file (the temporary files are created private)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all(os.stat(tmp_path / name).st_mode & 0o777 == 0o666 & ~umask for name in ("checkpoint.pt", "config.json"))
 
 
 def test_existing_run_folder_is_refused(digits_binary, tmp_path):
@@ -97,6 +111,69 @@ def test_existing_run_folder_is_refused(digits_binary, tmp_path):
     with pytest.raises(pv.CheckpointError, match="different model"):
         pv.fit(small_vae(latent_dim=5), digits_binary[0], epochs=2, progress=False, checkpoint_dir=tmp_path,
                resume=True)
+
+
+def test_resume_refuses_other_settings_and_a_folder_without_checkpoint(digits_binary, tmp_path):
+    train = digits_binary[0]
+    run_info = {"data": {"dataset": "digits", "binarize": "dynamic"}, "cli": ["train", "--epochs", "1"]}
+    pv.fit(small_vae(), train, epochs=1, progress=False, checkpoint_dir=tmp_path, run_info=run_info)
+    # the saved optimizer state would quietly put the old learning rate back, and config.json would lie
+    with pytest.raises(pv.CheckpointError, match=r"other settings \(lr: saved 0.001, now 0.01\)"):
+        pv.fit(small_vae(), train, epochs=2, lr=0.01, progress=False, checkpoint_dir=tmp_path, resume=True,
+               run_info=run_info)
+    other_data = {**run_info, "data": {"dataset": "digits", "binarize": "static"}}
+    with pytest.raises(pv.CheckpointError, match="other settings.*data"):
+        pv.fit(small_vae(), train, epochs=2, progress=False, checkpoint_dir=tmp_path, resume=True,
+               run_info=other_data)
+    # more epochs and another command line are what resuming is for
+    history = pv.fit(small_vae(), train, epochs=2, progress=False, checkpoint_dir=tmp_path, resume=True,
+                     run_info={**run_info, "cli": ["train", "--epochs", "2", "--resume"]})
+    assert [h["epoch"] for h in history] == [1, 2]
+    with pytest.raises(pv.CheckpointError, match="nothing to resume"):
+        pv.fit(small_vae(), train, epochs=2, progress=False, checkpoint_dir=tmp_path / "typo", resume=True)
+
+
+def test_overwrite_removes_the_old_run_before_training(digits_binary, tmp_path):
+    pv.fit(small_vae(), digits_binary[0], epochs=2, progress=False, checkpoint_dir=tmp_path)
+    (tmp_path / "metrics.json").write_text("{}")   # as pyro-vae train leaves it
+    decoder = FaultyDecoder()
+    decoder.broken = True
+    with pytest.raises(pv.TrainingError, match="epoch 1, step 1"):
+        pv.fit(small_vae(decoder=decoder), digits_binary[0], epochs=2, lr=0.01, progress=False,
+               checkpoint_dir=tmp_path, overwrite=True)
+    # the failed new run leaves its own config.json only: no old checkpoint to be resumed as if it were new
+    assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "metrics.json").exists()
+    assert checkpoint.load_json(tmp_path / "config.json")["fit"]["lr"] == 0.01
+    with pytest.raises(pv.CheckpointError, match="nothing to resume"):
+        pv.fit(small_vae(), digits_binary[0], epochs=2, lr=0.01, progress=False, checkpoint_dir=tmp_path,
+               resume=True)
+
+
+class PoisonedAdam(torch.optim.Adam):
+    """Adam whose ``poison_at``-th step writes NaN into the weights: the loss before that step was finite."""
+
+    def __init__(self, params, lr, poison_at):
+        super().__init__(params, lr=lr)
+        self.steps, self.poison_at = 0, poison_at
+
+    def step(self, closure=None):
+        super().step(closure)
+        self.steps += 1
+        if self.steps == self.poison_at:
+            with torch.no_grad():
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        p.fill_(math.nan)
+
+
+def test_weights_broken_by_the_last_step_of_an_epoch_are_not_checkpointed(digits_binary, tmp_path):
+    train = digits_binary[0]
+    steps = train.num_batches(128)
+    optimizer = lambda params, lr: PoisonedAdam(params, lr, poison_at=2 * steps)   # last step of epoch 2
+    with pytest.raises(pv.TrainingError, match="weights became NaN or infinite in epoch 2; the checkpoint of epoch 1"):
+        pv.fit(small_vae(), train, epochs=3, progress=False, checkpoint_dir=tmp_path, optimizer=optimizer)
+    state = checkpoint.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
 class FaultyDecoder(nn.Module):
@@ -211,18 +288,23 @@ def test_one_jit_elbo_instance_trains_two_vaes(digits_binary):
     assert not any(isinstance(v, pyro.ops.jit.CompiledFunction) for v in vars(elbo).values())
 
 
-def test_bad_arguments_and_data(digits_binary, digits_grey, mnist5k):
+def test_bad_arguments_and_data(digits_binary, digits_grey, mnist5k, tmp_path):
     train = digits_binary[0]
     for kwargs, match in [(dict(epochs=0), "epochs"), (dict(batch_size=-3), "batch_size"),
                           (dict(lr=0.0), "lr"), (dict(epochs=1.5), "epochs"),
                           (dict(resume=True), "checkpoint_dir"), (dict(device="tpu9"), "device"),
                           (dict(beta=0.0), "beta must be a positive"),
+                          (dict(resume=True, overwrite=True, checkpoint_dir=tmp_path), "pass only one"),
                           (dict(loss=JitTrace_ELBO(), warmup=3), "warmup would be ignored"),
                           (dict(loss=JitTrace_ELBO(), beta=2.0), "use Trace_ELBO")]:
         with pytest.raises(pv.ConfigError, match=match):
             pv.fit(small_vae(), train, progress=False, **kwargs)
     with pytest.raises(pv.DataError, match="binarize.*ContinuousBernoulli"):
         pv.fit(small_vae(), digits_grey[0], epochs=1, progress=False)
+    without_weight = small_vae()
+    del without_weight.kl_scale   # a user's model with no KL weight: beta would silently change nothing
+    with pytest.raises(pv.ConfigError, match="kl_scale"):
+        pv.fit(without_weight, train, epochs=1, beta=4.0, progress=False)
     with pytest.raises(pv.DataError, match=r"shape \(1, 28, 28\).*\(1, 8, 8\)"):
         pv.fit(small_vae(), mnist5k[0], epochs=1, progress=False)
     with pytest.raises(pv.DataError, match=r"\[0, 1\]"):
@@ -246,10 +328,15 @@ def test_cuda_without_gpu_is_a_clear_error(digits_binary):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_training_and_evaluation(mnist5k):
+def test_cuda_training_and_evaluation(mnist5k, tmp_path):
     train, test = mnist5k
     vae = pv.VAE(latent_dim=8)
     history = pv.fit(vae, train, test=test, epochs=2, device="cuda", progress=False)
+    # resuming on the GPU: the checkpoint's RNG states must be restored from the CPU
+    pv.fit(pv.VAE(latent_dim=8), train, epochs=1, device="cuda", progress=False, checkpoint_dir=tmp_path)
+    resumed = pv.fit(pv.VAE(latent_dim=8), train, epochs=2, device="cuda", progress=False, checkpoint_dir=tmp_path,
+                     resume=True)
+    assert [h["epoch"] for h in resumed] == [1, 2]
     assert vae.device.type == "cuda" and math.isfinite(history[-1]["test_elbo"])
     log_px = pv.evaluate.log_likelihood(vae, test.to("cuda"), num_samples=100)
     assert log_px > history[-1]["test_elbo"] - 1.0
