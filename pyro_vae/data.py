@@ -200,7 +200,14 @@ class ImageDataset:
         return self._wrap(images, labels, self.binarize, self.name)
 
     def _shard_size(self, shard):
-        return len(self) if shard is None else math.ceil(len(self) / shard[1])
+        if shard is None:
+            return len(self)
+        pair = isinstance(shard, (tuple, list)) and len(shard) == 2
+        if not (pair and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in shard)
+                and 0 <= shard[0] < shard[1]):
+            # a rank outside the world would silently get no batches and leave the others waiting
+            raise ConfigError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard!r}")
+        return math.ceil(len(self) / int(shard[1]))
 
     def num_batches(self, batch_size, drop_last=False, shard=None):
         """Number of batches :meth:`batches` yields per epoch.
@@ -225,8 +232,9 @@ class ImageDataset:
         :param bool drop_last: skip a final batch smaller than ``batch_size``.
         :param shard: ``(rank, world_size)`` for data-parallel training: every process draws the same
             permutation (pass generators seeded alike) and takes every ``world_size``-th index from
-            ``rank`` on, the permutation padded by wrapping around so that all processes run the same
-            number of steps (as ``torch.utils.data.DistributedSampler`` does).
+            ``rank`` on, the permutation padded by wrapping around (as often as needed, even with more
+            processes than images) so that all processes run the same number of steps, ``num_batches``
+            (as ``torch.utils.data.DistributedSampler`` does).
         :return: iterator of ``(x, y)``: ``x`` float32 of shape (B, C, H, W), resampled to 0/1 for dynamic
             binarization; ``y`` int64 of shape (B,), or ``None`` without labels.
         """
@@ -238,9 +246,12 @@ class ImageDataset:
         else:
             order = torch.arange(count)
         if shard is not None:
+            per_rank = self._shard_size(shard)
             rank, world = shard
-            padded = self._shard_size(shard) * world
-            order = torch.cat([order, order[: padded - count]])[rank::world]
+            padded = per_rank * world
+            # with more processes than images the padding is longer than the order itself, so wrap it
+            # round as often as needed: a rank short of num_batches would hang the others in all-reduce
+            order = order.repeat(math.ceil(padded / count))[:padded][rank::world]
             count = len(order)
         order = order.to(self.device)
         stop = count - count % batch_size if drop_last else count

@@ -6,9 +6,26 @@ Every estimate is computed from Pyro traces of the model and guide, so it works 
 
 Numbers are per datapoint in nats; :func:`bits_per_dim` converts. The binarization of the data you pass
 (none / static / dynamic) is part of what the number means: report it alongside.
+
+**Labels.** What a score bounds depends on the role the labels play in the model, and this module is the
+one place that decides it, so :func:`elbo`, :func:`log_likelihood`, :func:`report` and the test ELBO of
+:func:`~pyro_vae.fit` (which calls :func:`elbo`) agree:
+
+* a model that *conditions* on labels (:class:`~pyro_vae.extended.ConditionalVAE`) is given the dataset's
+  labels and scores log p(x|y);
+* a model whose generative process *draws* the label (``models_labels = True``, e.g.
+  :class:`~pyro_vae.extended.M2`, p(x, y, z)) is scored with its labels summed out: the number bounds
+  log p(x) whether or not the test set carries labels, so it compares with a plain VAE's. Passing the
+  labels would bound log p(x, y) = log p(x) + log p(y|x) instead, a different and smaller number (by up
+  to log K for K classes). The labels still serve :func:`~pyro_vae.extended.accuracy` and
+  :func:`active_units`;
+* any other model ignores them.
+
+:func:`log_weight_terms` is the low-level exception: it scores exactly the ``y`` it is given.
 """
 
 import contextlib
+import inspect
 import math
 
 import torch
@@ -31,6 +48,18 @@ def _vectorize(fn, num_particles):
 
 
 @contextlib.contextmanager
+def eval_mode(vae):
+    """Put ``vae`` in ``eval()`` mode for the block and restore its mode afterwards, even when the block
+    raises (a failed evaluation must not leave a model that is being trained in eval mode)."""
+    was_training = vae.training
+    vae.eval()
+    try:
+        yield vae
+    finally:
+        vae.train(was_training)
+
+
+@contextlib.contextmanager
 def _unscaled(vae):
     """Evaluate the true model even while a beta / warm-up weight is set on the latent sites."""
     saved = getattr(vae, "kl_scale", None)
@@ -48,7 +77,8 @@ def log_weight_terms(vae, x, y=None, num_particles=1):
 
     :param vae: anything with ``model(x, y)`` and ``guide(x, y)`` using a ``data`` plate at dim -1.
     :param x: images ``(N, C, H, W)`` on the model's device.
-    :param y: optional labels ``(N,)``.
+    :param y: optional labels ``(N,)``, passed to the model and guide as they are (unlike :func:`elbo`, which
+        applies the module's rule on labels first).
     :param int num_particles: samples K per datapoint.
     :returns: dict of ``(K, N)`` tensors: ``log_likelihood`` (observed sites, log p(x|z)),
         ``log_prior`` (latent sites of the model, log p(z)), ``log_posterior`` (guide sites, log q(z|x)).
@@ -85,6 +115,19 @@ def _batches(data, batch_size, device):
             yield data[start:start + batch_size].to(device), None
 
 
+def _scored_labels(vae, y):
+    """The labels a generative score passes to ``vae``: none when the model draws them itself (see the
+    module docstring), so that its score is of log p(x)."""
+    return None if getattr(vae, "models_labels", False) else y
+
+
+def _encoder_takes_labels(vae):
+    try:
+        return "y" in inspect.signature(vae.encode).parameters
+    except (TypeError, ValueError):   # a builtin or C-implemented encode has no signature to read
+        return False
+
+
 def check_data(vae, data, role="evaluation"):
     """Raise :class:`DataError` if ``data`` cannot be fed to ``vae``: empty, wrong image shape, outside the
     likelihood's support, or missing what the model needs (e.g. labels). Bare tensors are not checked."""
@@ -107,19 +150,18 @@ def elbo(vae, data, num_samples=1, batch_size=500):
     :param data: an :class:`~pyro_vae.data.ImageDataset` (or images tensor ``(N, C, H, W)``).
     :param int num_samples: z samples per datapoint.
     :returns: dict with ``elbo`` = ``reconstruction`` - ``kl`` (nats per datapoint), where
-        ``reconstruction`` = E_q[log p(x|z)] and ``kl`` = E_q[log q(z|x) - log p(z)].
+        ``reconstruction`` = E_q[log p(x|z)] and ``kl`` = E_q[log q(z|x) - log p(z)]. For a model with
+        labels, see the module docstring for which bound it is (log p(x|y) or log p(x)).
     """
     check_data(vae, data)
-    was_training = vae.training
-    vae.eval()
     sums = {"reconstruction": 0.0, "kl": 0.0}
     count = 0
-    for x, y in _batches(data, batch_size, _device(vae)):
-        terms = log_weight_terms(vae, x, y, num_samples)
-        sums["reconstruction"] += terms["log_likelihood"].mean(0).sum().item()
-        sums["kl"] += (terms["log_posterior"] - terms["log_prior"]).mean(0).sum().item()
-        count += x.shape[0]
-    vae.train(was_training)
+    with eval_mode(vae):
+        for x, y in _batches(data, batch_size, _device(vae)):
+            terms = log_weight_terms(vae, x, _scored_labels(vae, y), num_samples)
+            sums["reconstruction"] += terms["log_likelihood"].mean(0).sum().item()
+            sums["kl"] += (terms["log_posterior"] - terms["log_prior"]).mean(0).sum().item()
+            count += x.shape[0]
     out = {k: v / count for k, v in sums.items()}
     out["elbo"] = out["reconstruction"] - out["kl"]
     return out
@@ -139,26 +181,27 @@ def log_likelihood(vae, data, num_samples=1000, batch_size=None, reduce=True, ma
     :param int num_samples: K.
     :param int batch_size: datapoints per chunk (default: as many as fit with at least 100 samples).
     :param bool reduce: return the mean over datapoints (float) instead of the ``(N,)`` tensor.
+
+    For a model with labels, the module docstring says whether this is log p(x|y) or log p(x).
     """
     check_data(vae, data)
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     batch_size = batch_size or max(1, max_pairs // min(num_samples, 100))
     sample_chunk = max(1, min(num_samples, max_pairs // batch_size))
-    was_training = vae.training
-    vae.eval()
     results = []
-    for x, y in _batches(data, batch_size, _device(vae)):
-        running = x.new_full((x.shape[0],), -math.inf)
-        done = 0
-        while done < num_samples:
-            k = min(sample_chunk, num_samples - done)
-            terms = log_weight_terms(vae, x, y, k)
-            log_w = terms["log_likelihood"] + terms["log_prior"] - terms["log_posterior"]
-            running = torch.logaddexp(running, torch.logsumexp(log_w, dim=0))
-            done += k
-        results.append((running - math.log(num_samples)).cpu())
-    vae.train(was_training)
+    with eval_mode(vae):
+        for x, y in _batches(data, batch_size, _device(vae)):
+            y = _scored_labels(vae, y)
+            running = x.new_full((x.shape[0],), -math.inf)
+            done = 0
+            while done < num_samples:
+                k = min(sample_chunk, num_samples - done)
+                terms = log_weight_terms(vae, x, y, k)
+                log_w = terms["log_likelihood"] + terms["log_prior"] - terms["log_posterior"]
+                running = torch.logaddexp(running, torch.logsumexp(log_w, dim=0))
+                done += k
+            results.append((running - math.log(num_samples)).cpu())
     per_datapoint = torch.cat(results)
     return per_datapoint.mean().item() if reduce else per_datapoint
 
@@ -167,8 +210,21 @@ def log_likelihood(vae, data, num_samples=1000, batch_size=None, reduce=True, ma
 def active_units(vae, data, threshold=0.01, batch_size=1000):
     """Number of latent dimensions whose posterior mean varies across the data (Burda et al. 2016):
     unit u is active when Cov_x(E_q[z_u | x]) > ``threshold``.
+
+    A model whose ``encode`` takes labels (``encode(x, y)``: conditional models, M2) is given each image's
+    label from ``data``, so the means are those of q(z|x, y) at the true label; where there is none (a
+    bare tensor, a dataset without labels, or -1 for an unlabelled image) the model's ``encode`` fills it
+    in (M2 from its classifier q(y|x)).
+
+    :param data: an :class:`~pyro_vae.data.ImageDataset` (or images tensor ``(N, C, H, W)``).
     """
-    means = torch.cat([vae.encode(x)[0].cpu() for x, _ in _batches(data, batch_size, _device(vae))])
+    with_labels = _encoder_takes_labels(vae)
+    means = []
+    with eval_mode(vae):
+        for x, y in _batches(data, batch_size, _device(vae)):
+            posterior = vae.encode(x, y) if with_labels and y is not None else vae.encode(x)
+            means.append(posterior[0].cpu())
+    means = torch.cat(means)
     return int((means.var(dim=0) > threshold).sum())
 
 

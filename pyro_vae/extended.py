@@ -250,11 +250,28 @@ class ConditionalVAE(VAE):
             scores.append(torch.logsumexp(log_w, dim=0))
         return torch.stack(scores, dim=-1).argmax(-1)
 
+    def _fill_labels(self, x, y):
+        """``y`` with the unknown labels (``None``: all of them; entries -1, as :func:`keep_labels` marks
+        them) replaced by :meth:`classify` of their images. :param x: ``(..., C, H, W)``."""
+        if isinstance(y, int):
+            return y   # checked by _labels_for: -1 is no class to draw
+        if y is not None:
+            y = torch.as_tensor(y, device=x.device)
+            unknown = y < 0
+            if not unknown.any():
+                return y
+            if y.shape == x.shape[:-3]:   # classify only the images that need it (costly for the CVAE)
+                y = y.clone()
+                y[unknown] = self.classify(x[unknown])
+                return y
+        guessed = self.classify(x.reshape((-1,) + x.shape[-3:])).reshape(x.shape[:-3])
+        return guessed if y is None else torch.where(unknown, guessed, y)
+
     def encode(self, x, y=None):
         """Parameters of q(z|x, y). :param x: ``(..., C, H, W)``. :param y: labels broadcastable to the
-        batch dims, an int, or ``None`` (use :meth:`classify`). :returns: ``(loc, scale)``, ``(..., latent_dim)``."""
-        if y is None:
-            y = self.classify(x.reshape((-1,) + x.shape[-3:])).reshape(x.shape[:-3])
+        batch dims (-1 for an unknown label), an int, or ``None``; unknown labels come from :meth:`classify`.
+        :returns: ``(loc, scale)``, ``(..., latent_dim)``."""
+        y = self._fill_labels(x, y)
         return self.encoder(x, self._onehot(self._labels_for(y, x.shape[:-3], x.device)))
 
     def generate(self, z, y=None):
@@ -268,10 +285,9 @@ class ConditionalVAE(VAE):
         return self.likelihood.mean(self.decoder(_concat(z, self._onehot(y))))
 
     def reconstruct(self, x, y=None):
-        """Decode the posterior mean under label ``y`` (``None``: the classified label).
+        """Decode the posterior mean under label ``y`` (``None`` or -1: the classified label).
         :param x: ``(..., C, H, W)``. :returns: ``(..., C, H, W)``."""
-        if y is None:
-            y = self.classify(x.reshape((-1,) + x.shape[-3:])).reshape(x.shape[:-3])
+        y = self._fill_labels(x, y)
         return self.generate(self.encode(x, y)[0], y)
 
     def sample(self, num_samples, y=None):
@@ -353,6 +369,12 @@ class M2(ConditionalVAE):
     training mode (``fit`` trains in ``train()`` mode; :mod:`~pyro_vae.evaluate` switches to ``eval()``):
     train ELBOs reported by ``fit`` include it, test ELBOs and log-likelihoods do not.
 
+    **Scores are of log p(x).** y is a variable of this generative model (:attr:`models_labels`), so
+    :mod:`~pyro_vae.evaluate` (and ``fit``'s test ELBO) sums it out even when the test set has labels:
+    the ELBO and log-likelihood bound log p(x), comparable with a plain VAE's, not log p(x, y). The test
+    labels are for :func:`accuracy`. To score log p(x, y) on purpose, call
+    :func:`~pyro_vae.evaluate.log_weight_terms` with the labels.
+
     :param int num_classes: K; labels are ``0 .. K-1``, or -1 for "unknown".
     :param float alpha: weight of the classification term per labelled image (the paper uses
         ``0.1 * N`` for N training images; the default suits a few thousand images).
@@ -361,6 +383,9 @@ class M2(ConditionalVAE):
 
     Other parameters as for :class:`ConditionalVAE`.
     """
+
+    #: the label is drawn by the generative model, not conditioned on: scores sum it out (see :mod:`~pyro_vae.evaluate`)
+    models_labels = True
 
     def __init__(self, image_shape=(1, 28, 28), latent_dim=32, num_classes=10, alpha=50.0, classifier=None,
                  classifier_hidden=(512,), encoder=None, decoder=None, prior=None, likelihood=None,
@@ -602,7 +627,8 @@ def keep_labels(dataset, num_labelled, seed=0):
 
 
 def without_labels(dataset):
-    """A copy of ``dataset`` with ``labels = None`` (images shared), e.g. to score log p(x) with :class:`M2`."""
+    """A copy of ``dataset`` with ``labels = None`` (images shared). Scoring :class:`M2` does not need it:
+    :mod:`~pyro_vae.evaluate` already sums out M2's labels, so its scores are of log p(x) either way."""
     out = copy.copy(dataset)
     out.labels = None
     return out
@@ -618,17 +644,15 @@ def accuracy(model, dataset, batch_size=1000):
     """
     if dataset.labels is None:
         raise DataError(f"accuracy needs labels but {dataset.name!r} has none")
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     correct = total = 0
-    for x, y in dataset.batches(batch_size, shuffle=False):
-        keep = y >= 0
-        if keep.any():
-            predicted = model.classify(x[keep].to(device)).cpu()
-            correct += int((predicted == y[keep].cpu()).sum())
-            total += int(keep.sum())
-    model.train(was_training)
+    with evaluate_module.eval_mode(model):
+        for x, y in dataset.batches(batch_size, shuffle=False):
+            keep = y >= 0
+            if keep.any():
+                predicted = model.classify(x[keep].to(device)).cpu()
+                correct += int((predicted == y[keep].cpu()).sum())
+                total += int(keep.sum())
     if total == 0:
         raise DataError(f"{dataset.name!r} has no labelled images to score")
     return correct / total

@@ -145,7 +145,9 @@ class _LocationScale(Likelihood):
         return self.family(*self._loc_scale(params), validate_args=False).to_event(3)
 
     def mean(self, params):
-        return self._loc_scale(params)[0].clamp(0, 1)
+        # the true mean, the location, even outside [0, 1]: pictures clamp when they are drawn
+        # (plots.image_grid), while anything computed from the mean must see the model's own value
+        return self._loc_scale(params)[0]
 
     def config(self):
         if self.per_pixel:

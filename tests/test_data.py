@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyro_vae import data
-from pyro_vae.errors import DataError
+from pyro_vae.errors import ConfigError, DataError
 
 IDX_TYPE_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D}
 IDX_NAMES = {
@@ -201,6 +201,36 @@ def test_shuffled_batches_cover_each_index_once(drop_last):
         assert seen.tolist() != list(range(n))  # actually shuffled
     for x, y in batches:
         assert torch.equal(x, dataset.images[y])
+
+
+@pytest.mark.parametrize("n,world", [(3, 8), (3, 7), (2, 16), (10, 4), (3, 3), (5, 1)])
+@pytest.mark.parametrize("batch_size,drop_last", [(1, False), (2, False), (1, True)])
+def test_every_shard_yields_num_batches_and_together_they_visit_every_image(n, world, batch_size, drop_last):
+    # real digits, labelled by their index so that a batch says which images it holds
+    digits, _ = data.load("digits")
+    dataset = data.from_tensor(digits.images[:n], labels=torch.arange(n), name="digits")
+    seen = []
+    for rank in range(world):
+        # every process draws the same permutation, as distributed training does
+        generator = torch.Generator().manual_seed(4)
+        batches = list(dataset.batches(batch_size, generator=generator, drop_last=drop_last, shard=(rank, world)))
+        # a rank with fewer steps than the others would leave them waiting forever in the all-reduce
+        assert len(batches) == dataset.num_batches(batch_size, drop_last=drop_last, shard=(rank, world)) >= 1
+        for x, y in batches:
+            assert torch.equal(x, dataset.images[y])
+        seen += [y for _, y in batches]
+    seen = torch.cat(seen)
+    assert len(seen) == -(-n // world) * world               # padded to a whole number per rank
+    assert sorted(set(seen.tolist())) == list(range(n))     # and no image left out
+
+
+@pytest.mark.parametrize("shard", [(8, 8), (-1, 2), (0, 0), (0.5, 2), 3, (0, 2, 1)])
+def test_bad_shard_is_refused(shard):
+    dataset = data.from_tensor(grey_images(5))
+    with pytest.raises(ConfigError, match="0 <= rank < world_size"):
+        dataset.num_batches(2, shard=shard)
+    with pytest.raises(ConfigError, match="0 <= rank < world_size"):
+        next(dataset.batches(2, shard=shard))
 
 
 def test_batches_order_follows_generator_and_unshuffled_order():

@@ -269,6 +269,104 @@ def test_conditional_models_use_the_label(trained):
         assert extended.accuracy(vae, test) > 0.3   # chance is 0.1
 
 
+def test_active_units_encode_with_the_true_labels(trained):
+    kind, vae, _, _, _, test = trained
+    if kind == "hvae":
+        pytest.skip("labelled models only")
+    # M2: 30 of the 100 test labels kept, the others -1, which M2 fills in from its classifier q(y|x)
+    data = test if kind == "cvae" else extended.keep_labels(test, 30)
+    x, y = data.images, data.labels
+    with torch.no_grad():
+        labels = torch.where(y >= 0, y, vae.classifier(x).argmax(-1)) if kind == "m2" else y
+        var = vae.encoder(x, torch.nn.functional.one_hot(labels, 10).float())[0].var(0)
+        guessed = vae.encoder(x, torch.nn.functional.one_hot(vae.classify(x), 10).float())[0].var(0)
+    # one threshold between every two neighbouring variances, true labels' or guessed ones'
+    levels = torch.cat([var, guessed]).sort().values
+    thresholds = ((levels[1:] + levels[:-1]) / 2).tolist()
+    counts = [pv.evaluate.active_units(vae, data, threshold=t) for t in thresholds]
+    assert counts == [int((var > t).sum()) for t in thresholds]
+    if kind == "cvae":   # the thresholds do tell the true labels from the labels its classify guesses
+        assert counts != [int((guessed > t).sum()) for t in thresholds]
+
+
+def test_m2_is_scored_on_log_px_whether_or_not_the_test_set_has_labels(trained):
+    kind, m2, _, _, _, test = trained
+    if kind != "m2":
+        pytest.skip("M2 only")
+    unlabelled = extended.without_labels(test)
+    scores = {"elbo": lambda data: pv.evaluate.elbo(m2, data, num_samples=3)["elbo"],
+              "log_likelihood": lambda data: pv.evaluate.log_likelihood(m2, data, num_samples=20)}
+    for name, score in scores.items():
+        pyro.set_rng_seed(1)
+        with_labels = score(test)
+        pyro.set_rng_seed(1)
+        assert score(unlabelled) == with_labels, name
+    # ... and that number is Pyro's bound on log p(x), y summed out exactly by enumeration, not its bound
+    # on log p(x, y) = log p(x) + log p(y|x), which is lower by about 2 nats for this model
+    enum = TraceEnum_ELBO(max_plate_nesting=1, num_particles=200, vectorize_particles=True,
+                          strict_enumeration_warning=False)
+    with torch.no_grad():
+        log_px = -enum.loss(m2.model, m2.guide, test.images, None) / len(test)
+        log_pxy = -enum.loss(m2.model, m2.guide, test.images, test.labels) / len(test)
+    assert log_pxy < log_px - 0.5
+    assert pv.evaluate.elbo(m2, test, num_samples=200)["elbo"] == pytest.approx(log_px, abs=0.1)
+    # the labels still serve the classifier's accuracy
+    with torch.no_grad():
+        expected = (m2.classifier(test.images).argmax(-1) == test.labels).float().mean().item()
+    assert extended.accuracy(m2, test) == pytest.approx(expected)
+
+
+def test_fit_reports_m2s_test_elbo_on_log_px_even_for_a_labelled_test_set(digits_binary):
+    train = extended.keep_labels(digits_binary[0].subset(range(200)), 50)
+    test = digits_binary[1].subset(range(50))
+    test_elbos = []
+    for scored in (test, extended.without_labels(test)):
+        pyro.set_rng_seed(0)
+        m2 = _small("m2")
+        history = pv.fit(m2, train, test=scored, epochs=1, batch_size=50, loss=_loss("m2"), progress=False)
+        test_elbos.append(history[0]["test_elbo"])
+    assert test_elbos[0] == test_elbos[1]
+
+
+def test_a_failed_accuracy_leaves_the_model_in_its_own_mode(digits_binary):
+    m2 = _small("m2")
+    test = digits_binary[1]
+    cropped = pv.data.from_tensor(test.images[:20, :, :4], test.labels[:20], name="cropped")
+    for training in (True, False):
+        m2.train(training)
+        with pytest.raises(RuntimeError):
+            extended.accuracy(m2, cropped)   # the classifier was built for 8x8 images
+        assert m2.training is training
+
+
+def test_encode_and_reconstruct_classify_only_the_unknown_labels(digits_binary):
+    m2 = _small("m2").eval()
+    x, y = next(digits_binary[1].batches(12, shuffle=False))
+    partial = torch.where(torch.arange(12) % 3 == 0, y, -1)
+    with torch.no_grad():
+        filled = torch.where(partial >= 0, partial, m2.classify(x))
+        assert torch.equal(m2.encode(x, partial)[0], m2.encode(x, filled)[0])
+        assert torch.equal(m2.reconstruct(x, partial), m2.reconstruct(x, filled))
+        assert torch.equal(m2.encode(x)[0], m2.encode(x, m2.classify(x))[0])
+    with pytest.raises(pv.ConfigError, match="out of range"):
+        m2.encode(x, -1)
+
+
+@pytest.mark.parametrize("likelihood", ["normal", "normal-learned", "laplace"])
+def test_location_scale_pictures_are_the_distributions_mean(likelihood, digits_grey):
+    pyro.set_rng_seed(0)
+    vae = pv.VAE(image_shape=(1, 8, 8), latent_dim=2, hidden=(16,), likelihood=LIKELIHOODS[likelihood]())
+    pv.fit(vae, digits_grey[0].subset(range(200)), epochs=1, batch_size=50, progress=False)
+    z = 3 * torch.randn(64, 2)
+    with torch.no_grad():
+        images = vae.generate(z)
+        mean = vae.likelihood(vae.decoder(z)).mean   # the Pyro distribution's own mean
+    assert ((mean < 0) | (mean > 1)).any()   # far codes decode beyond [0, 1], where a clamp would differ
+    assert torch.equal(images, mean)
+    grid = plots.image_grid(images)          # pictures are clamped where they are drawn
+    assert grid.min() >= 0 and grid.max() <= 1
+
+
 @pytest.mark.parametrize("kind,prior,posterior,objective", [
     ("hvae", "vamp", "normal", "iwae-k3"), ("hvae", "flow", "iaf", "elbo-k3"),
     ("cvae", "mog", "iaf", "iwae-k3"), ("cvae", "flow", "normal", "meanfield"), ("m2", "learned-normal", "iaf", None)])
