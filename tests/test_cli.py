@@ -6,6 +6,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -96,7 +97,8 @@ def _truncated_idx_folder(path):
 
 def test_bad_input_gets_one_line_errors(tmp_path):
     # a real process for the first case (exit status, no traceback on stderr); the rest in-process
-    _one_line_error(run_cli("train", "--dataset", "nope", "--out", tmp_path / "a"), "mnist5k", "digits")
+    last = _one_line_error(run_cli("train", "--dataset", "nope", "--out", tmp_path / "a"), "mnist5k", "digits")
+    assert "--data-dir" in last and "data_dir" not in last
     _one_line_error(main_in_process("train", "--prior", "gamma"), "unknown prior", "standard", "mog")
     _one_line_error(main_in_process("train", "--likelihood", "poisson"), "unknown likelihood", "bernoulli")
     _one_line_error(main_in_process("train", "--epochs", "0"), "positive")
@@ -112,6 +114,10 @@ def test_bad_input_gets_one_line_errors(tmp_path):
     _one_line_error(main_in_process("evaluate", tmp_path / "nowhere"), "does not exist")
     if not torch.cuda.is_available():
         _one_line_error(main_in_process("train", "--device", "cuda"), "no GPU", "--device cpu")
+    # numpy, which every run seeds, takes seeds 0 .. 2**32 - 1 only
+    for seed in ["-1", "4294967296"]:
+        _one_line_error(main_in_process("train", "--dataset", "digits", "--seed", seed), "--seed", "0 to")
+    _one_line_error(main_in_process("sample", tmp_path / "nowhere", "--seed", "-1"), "--seed", "0 to")
     # with --debug the exception (and so its traceback) comes through
     with pytest.raises(DataError, match="unknown dataset"):
         cli.main(["--debug", "train", "--dataset", "nope"])
@@ -121,13 +127,21 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path):
     run = tmp_path / "run"
     args = ["train", "--dataset", "digits", "--epochs", "1", "--hidden", "32", "--eval-samples", "5",
             "--out", run, "--no-progress"]
+    evaluate = ["evaluate", run, "--num-samples", "3"]
     assert main_in_process(*args).returncode == 0
+    assert main_in_process(*evaluate).returncode == 0
     _one_line_error(main_in_process(*args), "already holds a run", "--resume", "--overwrite")
     assert main_in_process(*args, "--overwrite").returncode == 0
+    assert "evaluations" not in json.loads((run / "metrics.json").read_text())   # they scored the replaced run
+    assert main_in_process(*evaluate).returncode == 0
     longer = [a if a != "1" else "2" for a in args]
     done = main_in_process(*longer, "--resume")
     assert done.returncode == 0, done.stderr
-    assert [h["epoch"] for h in json.loads((run / "metrics.json").read_text())["history"]] == [1, 2]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    # the evaluation made after epoch 1 outlives the resumed run, told apart by its epoch
+    assert [(e["epoch"], e["num_samples"]) for e in metrics["evaluations"]] == [(1, 3)]
+    assert metrics["test"]["epoch"] == 2 and metrics["test"]["num_samples"] == 5
 
 
 def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path):
@@ -190,6 +204,7 @@ def test_extended_models_end_to_end(kind, extra, tmp_path, capsys):
     assert ("log p(x|y)" if kind == "cvae" else "log p(x)") in out
     if kind == "m2":
         assert config["labels"] == 50 and config["fit"]["beta"] == 0.5 and config["fit"]["loss"] == "TraceEnum_ELBO"
+        assert config["vae"]["num_classes"] == 10 and config["vae"]["alpha"] == 50.0
         assert "test accuracy" in out and 0 <= json.loads((run / "metrics.json").read_text())["test"]["accuracy"] <= 1
     assert cli.main(["evaluate", str(run), "--num-samples", "5"]) == 0
     assert ("test accuracy" in capsys.readouterr().out) == (kind == "m2")
@@ -221,17 +236,93 @@ def test_new_parts_from_the_cli(likelihood, guide, objective, jit, loss, tmp_pat
     (["--model", "cvae", "--network", "conv"], ["conv"]),
     (["--labels", "10"], ["--labels", "m2"]),
     (["--objective", "iwae", "--num-particles", "1"], ["iwae", "--num-particles"]),
-    (["--likelihood", "logistic"], ["8-bit"]),          # digits are multiples of 1/16
-    (["--model", "m2", "--labels", "100000"], ["num_labelled"]),
+    (["--likelihood", "logistic"], ["8-bit", "--likelihood continuous-bernoulli"]),   # digits are multiples of 1/16
+    (["--model", "m2", "--labels", "100000"], ["--labels 100000", "at most 1430"]),   # 143 images in the smallest class
+    # M2 names its classes after labelled images: fewer labels than classes (here 10) would leave some unnamed
+    (["--model", "m2", "--labels", "3"], ["--labels 3", "10 classes", "--labels 10"]),
+    (["--model", "m2", "--labels", "0"], ["--labels 0", "--model vae"]),
     (["--jit", "--objective", "iwae"], ["--jit", "iwae"]),
     (["--jit", "--model", "m2"], ["--jit", "m2"]),
     (["--jit", "--warmup", "2"], ["JitTrace_ELBO", "warmup", "Trace_ELBO"]),   # the weight would be frozen
+    (["--resume", "--overwrite"], ["--resume", "--overwrite", "only one"]),
+    # flags that no part of the run reads, even when they repeat the default value
+    (["--alpha", "50"], ["--alpha", "--model m2", "--model vae"]),
+    (["--top-latent-dim", "4"], ["--top-latent-dim", "--model hvae"]),
+    (["--num-components", "10"], ["--num-components", "--prior mog", "--prior standard"]),
+    (["--prior", "flow", "--num-pseudo-inputs", "5"], ["--num-pseudo-inputs", "--prior vamp", "--prior flow"]),
+    (["--num-flows", "2"], ["--num-flows", "--prior flow", "--guide iaf"]),
+    (["--prior", "mog", "--flow-hidden", "8"], ["--flow-hidden", "--prior mog --guide normal"]),
+    (["--normal-scale", "0.5"], ["--normal-scale", "--likelihood normal", "--likelihood bernoulli"]),
+    (["--network", "conv"], ["--hidden", "--network conv"]),            # TINY sets --hidden
+    (["--data-dir", "anywhere"], ["--data-dir", "--dataset digits"]),
+    # the library's own messages would say data_dir= and binarize='dynamic'
+    (["--dataset", "idx"], ["--dataset idx", "--data-dir FOLDER"]),
+    (["--binarize", "none"], ["--likelihood bernoulli", "--binarize dynamic", "--likelihood continuous-bernoulli"]),
 ])
 def test_nonsense_combinations_are_one_line_errors(args, needles, tmp_path, capsys):
     assert cli.main(["train", *TINY, *args, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and all(n in err[0] for n in needles), err
+    # flags, not the library's keyword arguments or class names
+    assert not re.search(r"\b[a-z_]+=|data_dir|ContinuousBernoulli|num_labelled", err[0]), err
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_failed_download_points_to_flags(tmp_path, monkeypatch):
+    torchvision = pytest.importorskip("torchvision")
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    last = _one_line_error(main_in_process("train", "--dataset", "mnist", "--data-dir", tmp_path),
+                           "could not download", "--dataset FOLDER", "mnist5k")
+    assert "data_dir" not in last
+
+
+def test_ctrl_c_says_what_was_left(tmp_path, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt) at each stage: the message says what is saved and how to go on."""
+    run = tmp_path / "run"
+    args = ["train", *TINY, "--epochs", "2", "--out", run]
+    real_fit, real_evaluate = cli.fit, cli._evaluate_run
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    def fit_interrupted_after_epoch_1(*args, **kwargs):
+        def callback(vae, record):
+            if record["epoch"] == 1:
+                raise KeyboardInterrupt
+        return real_fit(*args, **kwargs, callback=callback)
+
+    def interrupted(result, *needles):
+        assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert all(n in last for n in needles), last
+        return last
+
+    monkeypatch.setattr(cli, "_load_data", interrupt)
+    assert "--resume" not in interrupted(main_in_process(*args), "had not started", "nothing was written")
+    monkeypatch.undo()
+
+    monkeypatch.setattr(cli, "fit", interrupt)   # within the first epoch: no checkpoint yet, nothing to resume
+    assert "--resume" not in interrupted(main_in_process(*args), "no epoch was completed")
+    monkeypatch.setattr(cli, "fit", fit_interrupted_after_epoch_1)
+    interrupted(main_in_process(*args), f"epoch 1 of 2 is saved in {run}", "with --resume")
+    monkeypatch.setattr(cli, "fit", real_fit)
+    monkeypatch.setattr(cli, "_evaluate_run", interrupt)
+    interrupted(main_in_process(*args, "--resume"), "training finished", "same command again")
+    assert not (run / "metrics.json").exists()
+    monkeypatch.setattr(cli, "_evaluate_run", real_evaluate)
+    assert main_in_process(*args, "--resume").returncode == 0   # the advice works: the run is complete
+    assert [h["epoch"] for h in json.loads((run / "metrics.json").read_text())["history"]] == [1, 2]
+
+    before = (run / "metrics.json").read_text()
+    monkeypatch.setattr(cli, "_evaluate_run", interrupt)
+    assert "--resume" not in interrupted(main_in_process("evaluate", run), "metrics.json is unchanged")
+    assert (run / "metrics.json").read_text() == before
+    monkeypatch.setattr(cli.plots, "samples", interrupt)
+    assert "--resume" not in interrupted(main_in_process("sample", run, "--out", tmp_path / "s.png"),
+                                         "no samples were written")
 
 
 @pytest.mark.parametrize("flag,value,valid", [("--model", "vqvae", "cvae"), ("--objective", "dreg", "iwae"),
