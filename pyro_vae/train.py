@@ -121,6 +121,9 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
     # Pyro's poutine.scale, which weights the latent sites, takes positive weights only
     if not (isinstance(beta, (int, float)) and beta > 0 and math.isfinite(beta)):
         raise ConfigError(f"beta must be a positive number, got {beta!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+        # numpy, which pyro.set_rng_seed seeds too, takes these only
+        raise ConfigError(f"seed must be a whole number from 0 to {2 ** 32 - 1}, got {seed!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ConfigError(f"warmup must be a non-negative number of epochs, got {warmup!r}")
     if resume and checkpoint_dir is None:
@@ -142,7 +145,8 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
     # fit trains the module's own parameters; an earlier model registered under the same Pyro name would
     # otherwise linger in the global param store (and confuse JitTrace_ELBO, which reads it)
     pyro.clear_param_store()
-    pyro.set_rng_seed(seed + rank)           # own noise (z samples, binarization) on every process ...
+    # own noise (z samples, binarization) on every process (numpy, which Pyro seeds too, takes < 2**32) ...
+    pyro.set_rng_seed((seed + rank) % 2 ** 32)
     shuffle = torch.Generator().manual_seed(seed)   # ... but one shared permutation, split by rank
     shard = (rank, world) if distributed else None
     vae.to(device)
@@ -180,8 +184,12 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
             else:
                 _set_rng_state(state["rng"], device, shuffle)
                 if rank:  # saved by a run of another size: the other ranks draw their own noise again
-                    torch.manual_seed(seed + rank + 1000 * int(state["epoch"]))
+                    torch.manual_seed((seed + rank + 1000 * int(state["epoch"])) % 2 ** 32)
             history, start_epoch = list(state["history"]), int(state["epoch"])
+            if epochs < start_epoch:
+                # config.json would then claim fewer epochs than the checkpoint holds
+                raise CheckpointError(f"the run in {checkpoint_dir} has already trained {start_epoch} epochs; "
+                                      f"resume with epochs (--epochs) of at least {start_epoch}")
         if main:
             save_json({"vae": vae.config, "fit": settings, **(run_info or {})},
                       os.path.join(checkpoint_dir, CONFIG))

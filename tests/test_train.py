@@ -131,6 +131,10 @@ def test_resume_refuses_other_settings_and_a_folder_without_checkpoint(digits_bi
     assert [h["epoch"] for h in history] == [1, 2]
     with pytest.raises(pv.CheckpointError, match="nothing to resume"):
         pv.fit(small_vae(), train, epochs=2, progress=False, checkpoint_dir=tmp_path / "typo", resume=True)
+    with pytest.raises(pv.CheckpointError, match="already trained 2 epochs.*at least 2"):
+        pv.fit(small_vae(), train, epochs=1, progress=False, checkpoint_dir=tmp_path, resume=True,
+               run_info=run_info)
+    assert checkpoint.load_json(tmp_path / "config.json")["fit"]["epochs"] == 2
 
 
 def test_overwrite_removes_the_old_run_before_training(digits_binary, tmp_path):
@@ -293,7 +297,7 @@ def test_bad_arguments_and_data(digits_binary, digits_grey, mnist5k, tmp_path):
     for kwargs, match in [(dict(epochs=0), "epochs"), (dict(batch_size=-3), "batch_size"),
                           (dict(lr=0.0), "lr"), (dict(epochs=1.5), "epochs"),
                           (dict(resume=True), "checkpoint_dir"), (dict(device="tpu9"), "device"),
-                          (dict(beta=0.0), "beta must be a positive"),
+                          (dict(beta=0.0), "beta must be a positive"), (dict(seed=-1), "seed must be"),
                           (dict(resume=True, overwrite=True, checkpoint_dir=tmp_path), "pass only one"),
                           (dict(loss=JitTrace_ELBO(), warmup=3), "warmup would be ignored"),
                           (dict(loss=JitTrace_ELBO(), beta=2.0), "use Trace_ELBO")]:
