@@ -82,6 +82,10 @@ def _validate_images(images):
         )
     if images.numel() == 0:
         raise DataError(f"images are empty (shape {tuple(images.shape)}); pass at least one non-empty image")
+    if images.shape[1] > 4 and images.shape[-1] in (1, 3, 4):
+        # (N, H, W, C) read as (N, C, H, W) would go unnoticed by an MLP and scramble convolutions and pictures
+        raise DataError(f"images of shape {tuple(images.shape)} look channels-last (N, H, W, C); pass (N, C, H, W), "
+                        f"e.g. images.permute(0, 3, 1, 2)")
     images = images.to(torch.float32)
     if not torch.isfinite(images).all():
         raise DataError("images contain NaN or inf pixels; clean or drop those images first")
@@ -451,6 +455,13 @@ def _load_idx(folder):
     for images in (train_x, test_x):
         if images.dtype != np.uint8:
             raise DataError(f"IDX images in {folder!r} have dtype {images.dtype}; expected uint8 pixels 0-255")
+    for labels in (train_y, test_y):
+        # casting float or signed labels to int64 would truncate 2.7 to 2 and keep -1, which M2 reads as
+        # "unlabelled", without a word
+        if labels.dtype.kind not in "iu" or (labels.size and labels.min() < 0):
+            raise DataError(f"IDX labels in {folder!r} must be non-negative integer class indices, got dtype "
+                            f"{labels.dtype}" + (f" with minimum {labels.min()}" if labels.size else "")
+                            + "; check the label files")
     return _uint8_to_unit(train_x), train_y.astype(np.int64), _uint8_to_unit(test_x), test_y.astype(np.int64)
 
 

@@ -288,6 +288,7 @@ def test_from_tensor_accepts_numpy_and_adds_channel_dim():
         (torch.full((2, 3, 3), 1.5), r"\[0, 1\]"),
         (torch.full((2, 3, 3), -0.1), r"\[0, 1\]"),
         (torch.rand(4, 9), "3-D"),
+        (torch.rand(2, 28, 28, 3), "channels-last"),
         (torch.rand(2, 1, 3, 3, 1), "4-D"),
         (torch.zeros(0, 1, 3, 3), "empty"),
         (torch.randint(0, 256, (2, 3, 3), dtype=torch.uint8), "255"),
@@ -386,6 +387,17 @@ def test_load_from_idx_folder_path_and_idx_name(tmp_path):
     assert train.name == "tiny/train"
     same, _ = data.load("idx", data_dir=folder)
     assert torch.equal(same.images, train.images)
+
+
+def test_idx_labels_that_are_not_class_indices_are_refused(tmp_path):
+    # a cast to int64 would silently turn 2.7 into 2 and keep -1, which M2 reads as "unlabelled"
+    for name, labels in (("float", np.array([0.0, 1.5, 2.7, 3.0, 4.0, 9.2, 1.0, 2.0, 3.0, 4.0], np.float32)),
+                         ("negative", np.array([-1, 1, 2, 3, 4, 5, 6, 7, 8, 9], np.int32))):
+        arrays = random_idx_arrays()
+        arrays["test_labels"] = labels
+        folder = write_idx_folder(tmp_path / name, arrays)
+        with pytest.raises(DataError, match="non-negative integer class indices"):
+            data.load(str(folder))
 
 
 # --- torchvision path, offline -------------------------------------------------------------------------------
