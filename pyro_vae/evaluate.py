@@ -121,7 +121,8 @@ def _scored_labels(vae, y):
     return None if getattr(vae, "models_labels", False) else y
 
 
-def _encoder_takes_labels(vae):
+def encoder_takes_labels(vae):
+    """Whether ``vae.encode`` accepts labels (``encode(x, y)``: conditional models and M2)."""
     try:
         return "y" in inspect.signature(vae.encode).parameters
     except (TypeError, ValueError):   # a builtin or C-implemented encode has no signature to read
@@ -218,7 +219,7 @@ def active_units(vae, data, threshold=0.01, batch_size=1000):
 
     :param data: an :class:`~pyro_vae.data.ImageDataset` (or images tensor ``(N, C, H, W)``).
     """
-    with_labels = _encoder_takes_labels(vae)
+    with_labels = encoder_takes_labels(vae)
     means = []
     with eval_mode(vae):
         for x, y in _batches(data, batch_size, _device(vae)):

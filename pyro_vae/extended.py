@@ -575,10 +575,15 @@ class HierarchicalVAE(VAE):
         :param x: ``(..., C, H, W)``. :returns: ``(loc, scale)``, each ``(..., latent_dims[1])``."""
         return self.q_z2(self.encoder(x)[0])
 
+    def sample_codes(self, num_samples):
+        """z1 drawn ancestrally, z2 ~ p(z2) then z1 ~ p(z1|z2): the codes :meth:`generate` decodes.
+        :returns: ``(num_samples, latent_dims[0])``."""
+        z2 = self.prior().sample((num_samples,))
+        return dist.Normal(*self.p_z1(z2)).to_event(1).sample()
+
     def sample(self, num_samples):
         """Ancestral samples: z2 ~ p(z2), z1 ~ p(z1|z2), mean image of p(x|z1). :returns: ``(num_samples, C, H, W)``."""
-        z2 = self.prior().sample((num_samples,))
-        return self.generate(dist.Normal(*self.p_z1(z2)).to_event(1).sample())
+        return self.generate(self.sample_codes(num_samples))
 
     @property
     def config(self):

@@ -112,12 +112,17 @@ class VAE(nn.Module):
         return self.likelihood.mean(self.decoder(z))
 
     def reconstruct(self, x):
-        """Decode the posterior mean. :param x: ``(..., C, H, W)``. :returns: ``(..., C, H, W)``."""
+        """Decode the posterior mean (for a flow posterior such as IAF, the mean of its base Normal, which
+        the flows then move). :param x: ``(..., C, H, W)``. :returns: ``(..., C, H, W)``."""
         return self.generate(self.encode(x)[0])
+
+    def sample_codes(self, num_samples):
+        """Codes z from the model's p(z), the input of :meth:`generate`. :returns: ``(num_samples, latent_dim)``."""
+        return self.prior().sample((num_samples,))
 
     def sample(self, num_samples):
         """Mean images of codes drawn from the prior. :returns: ``(num_samples, C, H, W)``."""
-        return self.generate(self.prior().sample((num_samples,)))
+        return self.generate(self.sample_codes(num_samples))
 
     # --- saving --------------------------------------------------------------------------------
 

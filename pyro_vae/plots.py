@@ -23,6 +23,9 @@ from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.evaluate import encoder_takes_labels
+from pyro_vae.model import VAE
+from pyro_vae.priors import StandardNormal
 
 __all__ = [
     "image_grid",
@@ -105,18 +108,23 @@ def show_images(images, title: str | None = None, nrow: int = 8, path=None) -> F
     return _finish(fig, path)
 
 
-def reconstructions(vae, x, n: int = 8, path=None) -> Figure:
+def reconstructions(vae, x, n: int = 8, path=None, labels=None) -> Figure:
     """Plot the first ``n`` inputs (top row) above their reconstructions (bottom row).
 
     :param vae: the VAE.
     :param x: input images ``(N, C, H, W)``.
     :param n: how many images to show.
     :param path: where to write a PNG, or ``None``.
+    :param labels: optional labels ``(N,)``, given to models that condition on them (otherwise such a
+        model would decode under the label its classifier guesses).
     :return: the figure.
     """
     x = torch.as_tensor(x)[:n]
     with torch.no_grad():
-        recon = vae.reconstruct(x.to(vae.device)).cpu()
+        if labels is not None and encoder_takes_labels(vae):
+            recon = vae.reconstruct(x.to(vae.device), torch.as_tensor(labels)[:n].to(vae.device)).cpu()
+        else:
+            recon = vae.reconstruct(x.to(vae.device)).cpu()
     grid = image_grid(torch.cat([x.cpu().to(recon.dtype), recon]), nrow=len(x))
     fig, _ = _grid_figure(grid, "Top: inputs · bottom: reconstructions")
     return _finish(fig, path)
@@ -145,7 +153,10 @@ def samples(vae, n: int = 64, path=None, seed: int | None = None) -> Figure:
 def latent_manifold(vae, n: int = 20, path=None) -> Figure:
     """Plot decoded images over a grid of a 2-D latent space (Kingma & Welling, 2014, fig. 4).
 
-    Grid points are Gaussian quantiles, so they cover the prior's mass evenly rather than its range.
+    Grid points are the 5% to 95% quantiles of each coordinate of the codes the model generates from,
+    so they cover its mass evenly rather than its range: exact standard Normal quantiles for the N(0, I)
+    prior, otherwise quantiles of 20,000 codes from ``vae.sample_codes`` (a mixture or flow prior; the
+    hierarchical VAE's z1, drawn through z2), with a fixed seed and the caller's random state untouched.
     ``z1`` grows left to right and ``z2`` bottom to top, like an ordinary plot.
 
     :param vae: the VAE; ``vae.latent_dim`` must be 2.
@@ -156,8 +167,8 @@ def latent_manifold(vae, n: int = 20, path=None) -> Figure:
     """
     if vae.latent_dim != 2:
         raise ConfigError(f"latent_manifold needs latent_dim == 2, got {vae.latent_dim}; use latent_scatter instead")
-    values = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
-    z1, z2 = torch.meshgrid(values, values.flip(0), indexing="xy")  # each (n, n), row-major tiles
+    values = _prior_quantiles(vae, torch.linspace(0.05, 0.95, n))   # (n, 2)
+    z1, z2 = torch.meshgrid(values[:, 0], values[:, 1].flip(0), indexing="xy")  # each (n, n), row-major tiles
     z = torch.stack([z1, z2], dim=-1).reshape(n * n, 2)
     with torch.no_grad():
         images = vae.generate(z.to(vae.device)).cpu()
@@ -166,18 +177,40 @@ def latent_manifold(vae, n: int = 20, path=None) -> Figure:
     _, h, w = vae.image_shape
     idx = list(range(0, n, max(1, n // 5)))
     ax.set_axis_on()
-    ax.set_xticks([(i + 0.5) * w - 0.5 for i in idx], [f"{values[i]:.2f}" for i in idx])
-    ax.set_yticks([(i + 0.5) * h - 0.5 for i in idx], [f"{values.flip(0)[i]:.2f}" for i in idx])
+    ax.set_xticks([(i + 0.5) * w - 0.5 for i in idx], [f"{values[i, 0]:.2f}" for i in idx])
+    ax.set_yticks([(i + 0.5) * h - 0.5 for i in idx], [f"{values[:, 1].flip(0)[i]:.2f}" for i in idx])
     ax.set_xlabel("z1")
     ax.set_ylabel("z2")
     fig.tight_layout()
     return _finish(fig, path)
 
 
-def _encode_means(vae, images) -> torch.Tensor:
-    """Posterior means ``(N, latent_dim)`` on the CPU, encoded in batches."""
+def _prior_quantiles(vae, probs) -> torch.Tensor:
+    """Quantiles ``(len(probs), 2)`` of each coordinate of the model's codes (see :func:`latent_manifold`)."""
+    if isinstance(getattr(vae, "prior", None), StandardNormal) and type(vae).sample_codes is VAE.sample_codes:
+        return torch.distributions.Normal(0.0, 1.0).icdf(probs)[:, None].expand(-1, 2)
+    if not hasattr(vae, "sample_codes"):   # a model of one's own without it: the N(0, I) grid
+        return torch.distributions.Normal(0.0, 1.0).icdf(probs)[:, None].expand(-1, 2)
+    device = torch.device(vae.device)
+    with torch.no_grad(), torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        draws = vae.sample_codes(20000).cpu()
+    return torch.quantile(draws, probs, dim=0)
+
+
+def _encode_means(vae, images, labels=None) -> torch.Tensor:
+    """Posterior means ``(N, latent_dim)`` on the CPU, encoded in batches, given ``labels`` where the
+    model conditions on them. (For a flow posterior such as IAF, the mean of its base Normal.)"""
+    images = torch.as_tensor(images)
+    with_labels = labels is not None and encoder_takes_labels(vae)
+    ys = torch.as_tensor(labels)[: len(images)].split(_ENCODE_BATCH) if with_labels else None
+    means = []
     with torch.no_grad():
-        return torch.cat([vae.encode(b.to(vae.device))[0].cpu() for b in torch.as_tensor(images).split(_ENCODE_BATCH)])
+        for i, b in enumerate(images.split(_ENCODE_BATCH)):
+            b = b.to(vae.device)
+            posterior = vae.encode(b, ys[i].to(vae.device)) if with_labels else vae.encode(b)
+            means.append(posterior[0].cpu())
+    return torch.cat(means)
 
 
 def latent_scatter(vae, images, labels=None, path=None, max_points: int = 2000) -> Figure:
@@ -188,12 +221,13 @@ def latent_scatter(vae, images, labels=None, path=None, max_points: int = 2000) 
 
     :param vae: the VAE.
     :param images: images ``(N, C, H, W)``; only the first ``max_points`` are used.
-    :param labels: optional labels ``(N,)``: integer classes get a legend, other values a colorbar.
+    :param labels: optional labels ``(N,)``: integer classes get a legend, other values a colorbar; a
+        model that conditions on labels (``encode(x, y)``) is also encoded with them.
     :param path: where to write a PNG, or ``None``.
     :param max_points: cap on plotted points, to keep the figure readable and fast.
     :return: the figure.
     """
-    z = _encode_means(vae, torch.as_tensor(images)[:max_points]).double()
+    z = _encode_means(vae, torch.as_tensor(images)[:max_points], labels).double()
     if labels is not None:
         labels = torch.as_tensor(labels)[: len(z)].cpu().numpy()
     fig = Figure(figsize=(6.5, 5.5))
@@ -248,7 +282,11 @@ def latent_scatter(vae, images, labels=None, path=None, max_points: int = 2000) 
 
 
 def curves(history, path=None) -> Figure:
-    """Plot train and test ELBO per epoch.
+    """Plot the training objective and the test ELBO per epoch.
+
+    The training line is what ``fit`` optimised, averaged over the epoch: the ELBO itself, except with
+    ``beta != 1`` or warm-up (the KL weighted) and for M2 (plus its classification term), so only the
+    test line is an ELBO in every case.
 
     :param history: list of dicts ``{"epoch": int, "train_elbo": float, "test_elbo": float | None, ...}``,
         ELBOs in nats per image; ``None`` or missing test values are skipped.
@@ -257,7 +295,7 @@ def curves(history, path=None) -> Figure:
     """
     fig = Figure(figsize=(6.5, 4.5))
     ax = fig.add_subplot()
-    for key, name in (("train_elbo", "train"), ("test_elbo", "test")):
+    for key, name in (("train_elbo", "training objective"), ("test_elbo", "test ELBO")):
         pts = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
         if pts:
             epochs, elbo = zip(*pts)
@@ -269,8 +307,8 @@ def curves(history, path=None) -> Figure:
         ax.text(0.5, 0.5, "no history yet", ha="center", va="center", transform=ax.transAxes)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("ELBO (nats per image)")
-    ax.set_title("Evidence lower bound (higher is better)")
+    ax.set_ylabel("nats per image")
+    ax.set_title("Training objective and test ELBO (higher is better)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _finish(fig, path)
@@ -294,6 +332,7 @@ def save_all(vae, train_images, train_labels, test_images, history, out_dir, *, 
     out_dir = Path(out_dir)
     paths = {name: out_dir / f"{name}.png" for name in ("reconstructions", "samples", "latent_scatter", "curves")}
     eval_images = test_images if test_images is not None else train_images
+    eval_labels = test_labels if test_images is not None else train_labels
     if test_images is not None and test_labels is not None:
         scatter_images, scatter_labels = test_images, test_labels
     elif train_labels is not None:
@@ -301,7 +340,7 @@ def save_all(vae, train_images, train_labels, test_images, history, out_dir, *, 
     else:
         scatter_images, scatter_labels = eval_images, None
 
-    reconstructions(vae, eval_images, path=paths["reconstructions"])
+    reconstructions(vae, eval_images, path=paths["reconstructions"], labels=eval_labels)
     samples(vae, path=paths["samples"], seed=0)
     latent_scatter(vae, scatter_images, scatter_labels, path=paths["latent_scatter"])
     curves(history, path=paths["curves"])

@@ -8,6 +8,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+import pyro_vae as pv
 from pyro_vae import plots
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
@@ -137,6 +138,48 @@ def test_latent_manifold_grid_orientation(vae):
     assert torch.allclose(grid[0, -8:, -8:], bottom_right, atol=1e-6)
 
 
+def test_latent_manifold_covers_the_prior_it_was_given():
+    # a prior centred at (5, -3): an N(0, I) grid would decode codes the model never generates
+    vae = pv.VAE(image_shape=(1, 8, 8), latent_dim=2, hidden=(16,), prior=pv.priors.LearnedNormal())
+    with torch.no_grad():
+        vae.prior.loc.copy_(torch.tensor([5.0, -3.0]))
+    torch.manual_seed(1)
+    before = torch.rand(1)
+    torch.manual_seed(1)
+    ax = plots.latent_manifold(vae, n=5).axes[0]
+    assert torch.equal(torch.rand(1), before)   # the caller's random stream is untouched
+    scale = torch.nn.functional.softplus(vae.prior.raw_scale.detach()) + 1e-4
+    exact = torch.distributions.Normal(torch.tensor([5.0, -3.0]), scale).icdf(torch.linspace(0.05, 0.95, 5)[:, None])
+    shown_z1 = [float(t.get_text()) for t in ax.get_xticklabels()]
+    shown_z2 = [float(t.get_text()) for t in ax.get_yticklabels()]
+    assert shown_z1 == pytest.approx(exact[:, 0].tolist(), abs=0.05)
+    assert shown_z2 == pytest.approx(exact[:, 1].flip(0).tolist(), abs=0.05)   # z2 grows bottom to top
+
+
+def test_hierarchical_codes_are_z1_drawn_through_z2():
+    hvae = pv.extended.HierarchicalVAE(image_shape=(1, 8, 8), latent_dims=(2, 3), latent_hidden=(8,), hidden=(16,))
+    codes = hvae.sample_codes(500)
+    assert codes.shape == (500, 2)   # what generate() decodes, not z2
+    assert plots.latent_manifold(hvae, n=4).axes[0].images[0].get_array().shape == (32, 32, 3)
+
+
+def test_figures_of_a_conditional_vae_use_the_true_labels(digits):
+    images, labels = digits[0][:8], digits[1][:8]
+    torch.manual_seed(0)
+    cvae = pv.extended.ConditionalVAE(image_shape=(1, 8, 8), latent_dim=2, num_classes=10, hidden=(16,))
+    cvae.eval()
+    with torch.no_grad():
+        expected = plots.image_grid(torch.cat([images, cvae.reconstruct(images, labels)]), nrow=8)
+        guessed = plots.image_grid(torch.cat([images, cvae.reconstruct(images)]), nrow=8)
+        means = cvae.encode(images, labels)[0]
+    shown = torch.tensor(plots.reconstructions(cvae, images, labels=labels).axes[0].images[0].get_array().data)
+    assert torch.allclose(shown.permute(2, 0, 1), expected, atol=1e-6)
+    assert not torch.allclose(expected, guessed, atol=1e-3)   # the labels matter for this model
+    ax = plots.latent_scatter(cvae, images, labels).axes[0]
+    points = torch.tensor([list(p) for c in ax.collections for p in c.get_offsets()])
+    assert torch.allclose(points[points[:, 0].argsort()], means[means[:, 0].argsort()].double(), atol=1e-5)
+
+
 @pytest.mark.parametrize("latent_dim", [1, 3])
 def test_latent_manifold_rejects_other_dims(latent_dim):
     with pytest.raises(ValueError, match="latent_dim == 2"):
@@ -182,6 +225,8 @@ def test_curves(tmp_path):
     assert list(train.get_xdata()) == [1, 2, 3]
     assert list(test.get_xdata()) == [2, 3]
     assert "nats" in ax.get_ylabel()
+    # with beta, warm-up or M2's classification term the training line is not an ELBO: it is named for what it is
+    assert [line.get_label() for line in ax.lines] == ["training objective", "test ELBO"]
     # No test ELBO at all, and no history at all, still make a figure.
     assert len(plots.curves([{"epoch": 1, "train_elbo": -1.0, "test_elbo": None}]).axes[0].lines) == 1
     assert isinstance(plots.curves([]), Figure)

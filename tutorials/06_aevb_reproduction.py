@@ -54,7 +54,8 @@ print(f"{'smoke' if SMOKE else 'full'} run, figures in {OUT}")
 # hidden layer (500 units for MNIST, 200 for Frey Face), a standard Normal prior, a diagonal Normal
 # recognition model, one sample of z per datapoint, minibatches of 100 and Adagrad, for up to 10^8
 # training samples evaluated. We keep the model (one hidden layer of 500 units, N(0, I) prior,
-# Bernoulli pixels, one sample) and change the budget: the 4,000 training digits of `mnist5k`
+# Bernoulli pixels, one sample) except its activation (SiLU, `pv.VAE`'s default, where the paper's
+# MLPs used tanh) and change the budget: the 4,000 training digits of `mnist5k`
 # (dynamically binarized), Adam, and `EPOCHS` passes over the data, i.e. about
 # `EPOCHS * 4000` training samples instead of 10^8. Expect the shapes of the paper's results, not
 # its numbers.

@@ -88,16 +88,18 @@ print(f"read {images.shape[0]} images of shape {tuple(images.shape[1:])}, pixel 
 #
 # If your images are already an array, say a `.npy` file of `uint8` pixels with shape (N, H, W), the
 # only step is to scale them to [0, 1]. `pyro_vae` refuses integer pixels rather than guessing what
-# 255 means, and says what to do:
+# 255 means, and images laid out channels-last (N, H, W, C), as PIL and most image libraries give
+# them, rather than reading them as (N, C, H, W); each time it says what to do:
 
 # %%
 np.save(OUT / "my_digits.npy", (images[:, 0] * 255).round().to(torch.uint8).numpy())
 array = np.load(OUT / "my_digits.npy")
 print(f"array: dtype {array.dtype}, shape {array.shape}")
-try:
-    pv.data.from_tensor(array)
-except pv.DataError as error:
-    print("refused:", error)
+for mistake in (array, array[..., None].astype(np.float32) / 255.0):   # 0-255 integers; channels last
+    try:
+        pv.data.from_tensor(mistake)
+    except pv.DataError as error:
+        print("refused:", error)
 from_array = pv.data.from_tensor(array.astype(np.float32) / 255.0, labels=labels, binarize="dynamic")
 print(from_array)
 print(f"same pixels as the PNG route: {torch.equal(from_array.images, images)}")
