@@ -93,26 +93,18 @@ def log_density_loss(encoder, decoder, x):
     return -(likelihood.log_prob(x) + prior.log_prob(z) - posterior.log_prob(z)).sum()
 
 
-def plain_epoch(loss_fn):
-    """One epoch of a plain PyTorch loop (no Pyro) around ``loss_fn(encoder, decoder, x)``."""
-    @timed
-    def epoch(state, data, batch_size, generator):
-        encoder, decoder, opt = state
-        total = torch.zeros((), device=data.images.device)
-        for x, _ in data.batches(batch_size, generator=generator):
-            loss = loss_fn(encoder, decoder, x)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach()
-        return total.item()
-    return epoch
-
-
-def make_hand_written(image_shape, device):
+def networks_and_optimizer(image_shape, device):
     encoder, decoder = (net.to(device) for net in tutorial_networks(image_shape))
     opt = torch.optim.Adam(list(encoder.parameters()) + list(decoder.parameters()), lr=1e-3)
     return encoder, decoder, opt
+
+
+def make_plain(loss_fn):
+    """Set-up of a plain PyTorch VAE (no Pyro) whose loss is ``loss_fn(encoder, decoder, x)``."""
+    def setup(image_shape, device):
+        encoder, decoder, opt = networks_and_optimizer(image_shape, device)
+        return (lambda x: loss_fn(encoder, decoder, x)), opt
+    return setup
 
 
 def make_minimal_pyro(image_shape, device):
@@ -122,7 +114,7 @@ def make_minimal_pyro(image_shape, device):
     guide: the difference between this and ``fit`` is what pyro_vae itself adds; the difference
     between this and the hand-written loop is what Pyro's ``Trace_ELBO`` costs.
     """
-    encoder, decoder, opt = make_hand_written(image_shape, device)
+    encoder, decoder, opt = networks_and_optimizer(image_shape, device)
 
     def model(x):
         with pyro.plate("data", x.shape[0]):
@@ -137,12 +129,14 @@ def make_minimal_pyro(image_shape, device):
 
 
 @timed
-def minimal_pyro_epoch(state, data, batch_size, generator):
-    objective, opt = state
+def loop_epoch(state, data, batch_size, generator):
+    """One epoch of the loop a user writes around a loss ``x -> loss``: the plain PyTorch VAEs and the
+    inline Pyro program share it, so only their losses differ."""
+    loss_fn, opt = state
     total = torch.zeros((), device=data.images.device)
-    with pyro.validation_enabled(False):   # as in fit
+    with pyro.validation_enabled(False):   # as in fit; the torch-only losses skip argument checks too
         for x, _ in data.batches(batch_size, generator=generator):
-            loss = objective(x)
+            loss = loss_fn(x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -229,9 +223,9 @@ def main(argv=None):
     train = train.to(device)
     shape = train.image_shape
     methods = {
-        "hand-written PyTorch": (make_hand_written, plain_epoch(closed_form_loss)),
-        "hand-written, Monte Carlo KL": (make_hand_written, plain_epoch(log_density_loss)),
-        "minimal Pyro model/guide, Trace_ELBO": (make_minimal_pyro, minimal_pyro_epoch),
+        "hand-written PyTorch": (make_plain(closed_form_loss), loop_epoch),
+        "hand-written, Monte Carlo KL": (make_plain(log_density_loss), loop_epoch),
+        "minimal Pyro model/guide, Trace_ELBO": (make_minimal_pyro, loop_epoch),
         "pyro_vae.fit Trace_ELBO": make_fit(Trace_ELBO),
         "pyro_vae.fit TraceMeanField_ELBO": make_fit(TraceMeanField_ELBO),
         "pyro_vae.fit JitTrace_ELBO": make_fit(lambda: JitTrace_ELBO(ignore_jit_warnings=True)),

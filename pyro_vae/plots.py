@@ -139,10 +139,8 @@ def samples(vae, n: int = 64, path=None, seed: int | None = None) -> Figure:
     :param seed: seed for reproducible figures; the caller's RNG state is left untouched.
     :return: the figure.
     """
-    device = torch.device(vae.device)
-    cuda = [device.index or 0] if device.type == "cuda" else []
-    # fork_rng so that seeding a figure does not change the caller's random stream.
-    with torch.random.fork_rng(devices=cuda), torch.no_grad():
+    # forked so that seeding a figure does not change the caller's random stream.
+    with _forked_rng(vae), torch.no_grad():
         if seed is not None:
             torch.manual_seed(seed)
         images = vae.sample(n).cpu()
@@ -185,14 +183,19 @@ def latent_manifold(vae, n: int = 20, path=None) -> Figure:
     return _finish(fig, path)
 
 
+def _forked_rng(vae):
+    """A block whose random draws (CPU, and the model's GPU if it has one) leave the caller's streams alone."""
+    device = torch.device(vae.device)
+    return torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
+
+
 def _prior_quantiles(vae, probs) -> torch.Tensor:
     """Quantiles ``(len(probs), 2)`` of each coordinate of the model's codes (see :func:`latent_manifold`)."""
-    if isinstance(getattr(vae, "prior", None), StandardNormal) and type(vae).sample_codes is VAE.sample_codes:
+    # exact for N(0, I) codes; also the grid of a model of one's own that cannot draw its codes
+    if not hasattr(vae, "sample_codes") or (isinstance(getattr(vae, "prior", None), StandardNormal)
+                                            and type(vae).sample_codes is VAE.sample_codes):
         return torch.distributions.Normal(0.0, 1.0).icdf(probs)[:, None].expand(-1, 2)
-    if not hasattr(vae, "sample_codes"):   # a model of one's own without it: the N(0, I) grid
-        return torch.distributions.Normal(0.0, 1.0).icdf(probs)[:, None].expand(-1, 2)
-    device = torch.device(vae.device)
-    with torch.no_grad(), torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+    with torch.no_grad(), _forked_rng(vae):
         torch.manual_seed(0)
         draws = vae.sample_codes(20000).cpu()
     return torch.quantile(draws, probs, dim=0)

@@ -254,12 +254,13 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
                         save_checkpoint({"format": 1, "epoch": epoch, "model": vae.state_dict(),
                                          "optimizer": opt.state_dict(), "rng": rng, "rng_ranks": ranks,
                                          "history": history, "config": vae.config}, ckpt_path)
-                # the checkpoint holds the random state from before the callback: a callback that draws
-                # (sampling pictures, say) must not shift the stream, or a resumed run would differ
-                with _forked_rng(device):
-                    stop = callback is not None and callback(vae, record)
-                if stop:
-                    break
+                if callback is not None:
+                    # the checkpoint holds the random state from before the callback: a callback that draws
+                    # (sampling pictures, say) must not shift the stream, or a resumed run would differ
+                    with _forked_rng(device):
+                        stop = callback(vae, record)
+                    if stop:
+                        break
     finally:
         bar.close()
         if registers is not None:
@@ -360,13 +361,9 @@ def _prepare_run_folder(folder, ckpt_path, vae, resume, overwrite, settings, run
         if saved.get("vae") is not None and saved["vae"] != vae.config:
             raise CheckpointError(f"the run in {folder} was made with a different model "
                                   f"({_first_difference(saved['vae'], vae.config)}); use another folder or --overwrite")
-        # compared as JSON, as they were saved (tuples become lists); a run may only be given more epochs
-        # (and, data-parallel, another number of processes)
+        # compared as JSON, as they were saved (tuples become lists)
         now = json.loads(json.dumps({"fit": settings, **(run_info or {})}))
-        for part, skip in (("fit", ("epochs", "world_size")), (None, ("vae", "fit", "cli"))):
-            old = saved.get(part, {}) if part else saved
-            new = now.get(part, {}) if part else now
-            old, new = ({k: v for k, v in d.items() if k not in skip} for d in (old, new))
+        for old, new in zip(_must_match_on_resume(saved), _must_match_on_resume(now)):
             if saved and old != new:
                 raise CheckpointError(f"the run in {folder} was trained with other settings "
                                       f"({_first_difference(old, new)}); resume with the same ones, "
@@ -377,6 +374,13 @@ def _prepare_run_folder(folder, ckpt_path, vae, resume, overwrite, settings, run
         for name in (CHECKPOINT, METRICS):
             if os.path.exists(os.path.join(folder, name)):
                 os.remove(os.path.join(folder, name))
+
+
+def _must_match_on_resume(config):
+    """A run folder's config as ``(fit settings, run_info)`` without what a resume may change: the
+    epochs, the number of processes and the command line (the model is checked on its own)."""
+    fit = {k: v for k, v in config.get("fit", {}).items() if k not in ("epochs", "world_size")}
+    return fit, {k: v for k, v in config.items() if k not in ("vae", "fit", "cli")}
 
 
 def _first_difference(saved, current):
