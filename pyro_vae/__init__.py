@@ -7,19 +7,34 @@ Quick start::
     vae = pv.VAE(image_shape=(1, 28, 28), latent_dim=50)
     history = pv.fit(vae, train, test=test, epochs=50)
     nll = -pv.evaluate.log_likelihood(vae, test, num_samples=1000)   # nats per image
+
+The modules (``pv.data``, ``pv.priors``, ...) and names (``pv.VAE``, ``pv.fit``, ...) load on first use, so
+``import pyro_vae`` is instant and the ``pyro-vae`` command can answer Ctrl-C even while PyTorch loads.
 """
 
-from . import checkpoint, data, distributed, evaluate, guides, likelihoods, networks, plots, priors
-from . import extended  # registers ConditionalVAE, M2, HierarchicalVAE for build_vae / load_run
-from .checkpoint import load_run
-from .errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingError
-from .model import VAE, build_vae
-from .train import fit, resolve_device
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "VAE", "build_vae", "fit", "load_run", "resolve_device",
-    "data", "evaluate", "likelihoods", "networks", "priors",
-    "PyroVAEError", "DataError", "ConfigError", "CheckpointError", "TrainingError",
-]
+_MODULES = ("checkpoint", "cli", "data", "distributed", "errors", "evaluate", "explorer", "extended", "guides",
+            "hooks", "likelihoods", "model", "networks", "plots", "priors", "train", "util")
+#: name -> the module that defines it
+_NAMES = {"VAE": "model", "build_vae": "model", "fit": "train", "load_run": "checkpoint",
+          "resolve_device": "distributed", "PyroVAEError": "errors", "DataError": "errors", "ConfigError": "errors",
+          "CheckpointError": "errors", "TrainingError": "errors"}
+
+__all__ = list(_NAMES) + ["data", "evaluate", "extended", "hooks", "likelihoods", "networks", "plots", "priors"]
+
+
+def __getattr__(name):
+    if name in _MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
+        globals()[name] = value   # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_MODULES) | set(_NAMES))

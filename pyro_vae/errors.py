@@ -14,6 +14,14 @@ class DataError(PyroVAEError, ValueError):
     """Missing, corrupt or unsuitable data (wrong shape, values outside the likelihood's support, NaN)."""
 
 
+class DownloadError(DataError):
+    """A dataset could not be downloaded (no network?); ``dataset`` names it, so a caller can give its own advice."""
+
+    def __init__(self, message, dataset):
+        super().__init__(message)
+        self.dataset = dataset
+
+
 class ConfigError(PyroVAEError, ValueError):
     """An unknown name, a non-positive size, or a combination of parts that makes no sense."""
 

@@ -13,7 +13,7 @@ one place that decides it, so :func:`elbo`, :func:`log_likelihood`, :func:`repor
 
 * a model that *conditions* on labels (:class:`~pyro_vae.extended.ConditionalVAE`) is given the dataset's
   labels and scores log p(x|y);
-* a model whose generative process *draws* the label (``models_labels = True``, e.g.
+* a model whose generative process *draws* the label (``label_role = "generated"``, e.g.
   :class:`~pyro_vae.extended.M2`, p(x, y, z)) is scored with its labels summed out: the number bounds
   log p(x) whether or not the test set carries labels, so it compares with a plain VAE's. Passing the
   labels would bound log p(x, y) = log p(x) + log p(y|x) instead, a different and smaller number (by up
@@ -25,15 +25,17 @@ one place that decides it, so :func:`elbo`, :func:`log_likelihood`, :func:`repor
 """
 
 import contextlib
-import inspect
 import math
 
 import torch
+from tqdm.auto import tqdm
 
 import pyro
 import pyro.poutine as poutine
 
 from .errors import DataError
+from .model import uses_labels
+from .util import positive_int
 
 #: (samples x datapoints) pairs per vectorized pass; bounds memory at roughly
 #: ``MAX_PAIRS * (pixels + hidden units) * 4`` bytes.
@@ -59,20 +61,7 @@ def eval_mode(vae):
         vae.train(was_training)
 
 
-@contextlib.contextmanager
-def _unscaled(vae):
-    """Evaluate the true model even while a beta / warm-up weight is set on the latent sites."""
-    saved = getattr(vae, "kl_scale", None)
-    if saved is not None:
-        vae.kl_scale = 1.0
-    try:
-        yield
-    finally:
-        if saved is not None:
-            vae.kl_scale = saved
-
-
-def log_weight_terms(vae, x, y=None, num_particles=1):
+def log_weight_terms(vae, x, y=None, num_particles=1, **kwargs):
     """Per-datapoint terms of the importance weights log p(x, z) - log q(z|x), for z ~ q(z|x).
 
     :param vae: anything with ``model(x, y)`` and ``guide(x, y)`` using a ``data`` plate at dim -1.
@@ -80,14 +69,14 @@ def log_weight_terms(vae, x, y=None, num_particles=1):
     :param y: optional labels ``(N,)``, passed to the model and guide as they are (unlike :func:`elbo`, which
         applies the module's rule on labels first).
     :param int num_particles: samples K per datapoint.
+    :param kwargs: further keyword inputs of model and guide (e.g. ``covariates``).
     :returns: dict of ``(K, N)`` tensors: ``log_likelihood`` (observed sites, log p(x|z)),
         ``log_prior`` (latent sites of the model, log p(z)), ``log_posterior`` (guide sites, log q(z|x)).
     """
     shape = (num_particles, x.shape[-4])
-    with _unscaled(vae):
-        guide_trace = poutine.trace(_vectorize(vae.guide, num_particles)).get_trace(x, y)
-        model_trace = poutine.trace(
-            poutine.replay(_vectorize(vae.model, num_particles), trace=guide_trace)).get_trace(x, y)
+    guide_trace = poutine.trace(_vectorize(vae.guide, num_particles)).get_trace(x, y, **kwargs)
+    model_trace = poutine.trace(
+        poutine.replay(_vectorize(vae.model, num_particles), trace=guide_trace)).get_trace(x, y, **kwargs)
     model_trace.compute_log_prob()
     guide_trace.compute_log_prob()
     zero = x.new_zeros(shape)
@@ -107,26 +96,37 @@ def _device(vae):
 
 
 def _batches(data, batch_size, device):
-    if hasattr(data, "batches"):
-        for x, y in data.batches(batch_size, shuffle=False):
-            yield x.to(device), (None if y is None else y.to(device))
-    else:  # a bare tensor of images
+    """``(x, y, kwargs)`` per batch on ``device``: ``kwargs`` holds the dataset's covariates, if it has any."""
+    if not hasattr(data, "batches"):   # a bare tensor of images
         for start in range(0, len(data), batch_size):
-            yield data[start:start + batch_size].to(device), None
+            yield data[start:start + batch_size].to(device), None, {}
+        return
+    covariates = getattr(data, "covariates", None) is not None
+    for batch in data.batches(batch_size, shuffle=False, **({"with_covariates": True} if covariates else {})):
+        x, y = batch[0].to(device), None if batch[1] is None else batch[1].to(device)
+        yield x, y, ({"covariates": batch[2].to(device)} if covariates else {})
 
 
 def _scored_labels(vae, y):
     """The labels a generative score passes to ``vae``: none when the model draws them itself (see the
     module docstring), so that its score is of log p(x)."""
-    return None if getattr(vae, "models_labels", False) else y
+    return None if getattr(vae, "label_role", "ignored") == "generated" else y
 
 
-def encoder_takes_labels(vae):
-    """Whether ``vae.encode`` accepts labels (``encode(x, y)``: conditional models and M2)."""
-    try:
-        return "y" in inspect.signature(vae.encode).parameters
-    except (TypeError, ValueError):   # a builtin or C-implemented encode has no signature to read
-        return False
+@torch.no_grad()
+def quantity(vae, data):
+    """What the scores of ``vae`` on ``data`` estimate, e.g. ``"log p(x)"``, ``"log p(x|y)"`` (a model that
+    conditions on labels) or ``"log p(x, y)"`` (a model of one's own that observes the labels as data).
+
+    Read from the model's own trace on one image: the observed sites are what the score is a density of;
+    labels the model conditions on, and covariates, are what it is conditioned on.
+    """
+    x, y, kwargs = next(_batches(data, 1, _device(vae)))
+    with eval_mode(vae):
+        trace = poutine.trace(vae.model).get_trace(x, _scored_labels(vae, y), **kwargs)
+    observed = [name for name, site in trace.nodes.items() if site["type"] == "sample" and site["is_observed"]]
+    given = (["y"] if getattr(vae, "label_role", "ignored") == "conditioned" else []) + list(kwargs)
+    return f"log p({', '.join(observed)}{'|' + ', '.join(given) if given else ''})"
 
 
 def check_data(vae, data, role="evaluation"):
@@ -158,8 +158,8 @@ def elbo(vae, data, num_samples=1, batch_size=500):
     sums = {"reconstruction": 0.0, "kl": 0.0}
     count = 0
     with eval_mode(vae):
-        for x, y in _batches(data, batch_size, _device(vae)):
-            terms = log_weight_terms(vae, x, _scored_labels(vae, y), num_samples)
+        for x, y, kwargs in _batches(data, batch_size, _device(vae)):
+            terms = log_weight_terms(vae, x, _scored_labels(vae, y), num_samples, **kwargs)
             sums["reconstruction"] += terms["log_likelihood"].mean(0).sum().item()
             sums["kl"] += (terms["log_posterior"] - terms["log_prior"]).mean(0).sum().item()
             count += x.shape[0]
@@ -169,7 +169,7 @@ def elbo(vae, data, num_samples=1, batch_size=500):
 
 
 @torch.no_grad()
-def log_likelihood(vae, data, num_samples=1000, batch_size=None, reduce=True, max_pairs=MAX_PAIRS):
+def log_likelihood(vae, data, num_samples=1000, batch_size=None, reduce=True, max_pairs=MAX_PAIRS, progress=False):
     """Importance-sampled estimate of log p(x) (Burda et al. 2016), with q(z|x) as proposal.
 
     log p(x) ~= logsumexp_k [log p(x, z_k) - log q(z_k|x)] - log K,  z_k ~ q(z|x).
@@ -182,27 +182,31 @@ def log_likelihood(vae, data, num_samples=1000, batch_size=None, reduce=True, ma
     :param int num_samples: K.
     :param int batch_size: datapoints per chunk (default: as many as fit with at least 100 samples).
     :param bool reduce: return the mean over datapoints (float) instead of the ``(N,)`` tensor.
+    :param bool progress: show a progress bar over the images (long evaluations take minutes).
 
-    For a model with labels, the module docstring says whether this is log p(x|y) or log p(x).
+    For a model with labels, the module docstring says whether this is log p(x|y) or log p(x)
+    (:func:`quantity` says it in words).
     """
     check_data(vae, data)
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    num_samples = positive_int("num_samples", num_samples)
     batch_size = batch_size or max(1, max_pairs // min(num_samples, 100))
     sample_chunk = max(1, min(num_samples, max_pairs // batch_size))
     results = []
-    with eval_mode(vae):
-        for x, y in _batches(data, batch_size, _device(vae)):
+    bar = tqdm(total=len(data), unit="image", desc=f"log p(x), K={num_samples}", disable=not progress,
+               dynamic_ncols=True, leave=False)
+    with eval_mode(vae), bar:
+        for x, y, kwargs in _batches(data, batch_size, _device(vae)):
             y = _scored_labels(vae, y)
             running = x.new_full((x.shape[0],), -math.inf)
             done = 0
             while done < num_samples:
                 k = min(sample_chunk, num_samples - done)
-                terms = log_weight_terms(vae, x, y, k)
+                terms = log_weight_terms(vae, x, y, k, **kwargs)
                 log_w = terms["log_likelihood"] + terms["log_prior"] - terms["log_posterior"]
                 running = torch.logaddexp(running, torch.logsumexp(log_w, dim=0))
                 done += k
             results.append((running - math.log(num_samples)).cpu())
+            bar.update(x.shape[0])
     per_datapoint = torch.cat(results)
     return per_datapoint.mean().item() if reduce else per_datapoint
 
@@ -212,17 +216,17 @@ def active_units(vae, data, threshold=0.01, batch_size=1000):
     """Number of latent dimensions whose posterior mean varies across the data (Burda et al. 2016):
     unit u is active when Cov_x(E_q[z_u | x]) > ``threshold``.
 
-    A model whose ``encode`` takes labels (``encode(x, y)``: conditional models, M2) is given each image's
+    A model that uses labels (its ``label_role`` is not ``"ignored"``: conditional models, M2) is given each image's
     label from ``data``, so the means are those of q(z|x, y) at the true label; where there is none (a
     bare tensor, a dataset without labels, or -1 for an unlabelled image) the model's ``encode`` fills it
     in (M2 from its classifier q(y|x)).
 
     :param data: an :class:`~pyro_vae.data.ImageDataset` (or images tensor ``(N, C, H, W)``).
     """
-    with_labels = encoder_takes_labels(vae)
+    with_labels = uses_labels(vae)
     means = []
     with eval_mode(vae):
-        for x, y in _batches(data, batch_size, _device(vae)):
+        for x, y, _ in _batches(data, batch_size, _device(vae)):
             posterior = vae.encode(x, y) if with_labels and y is not None else vae.encode(x)
             means.append(posterior[0].cpu())
     means = torch.cat(means)
@@ -234,16 +238,48 @@ def bits_per_dim(nats, image_shape):
     return nats / (math.prod(image_shape) * math.log(2))
 
 
-def report(vae, data, num_samples=1000, elbo_samples=1):
+def report(vae, data, num_samples=1000, elbo_samples=1, progress=False):
     """Everything at once: ELBO with its parts, log p(x) with ``num_samples`` samples, bits/dim, active units.
 
-    :returns: dict of floats (nats per datapoint) plus the settings they were computed with.
+    :param bool progress: a progress bar over the importance-sampled log-likelihood, the slow part.
+    :returns: dict of floats (nats per datapoint) plus the settings they were computed with, the dataset's
+        name, ``quantity``, what ``log_likelihood`` estimates in words (see :func:`quantity`), and for a model
+        that generates labels (M2) the ``accuracy`` of its classifier on labelled data.
     """
     result = elbo(vae, data, num_samples=elbo_samples)
-    result["log_likelihood"] = log_likelihood(vae, data, num_samples=num_samples)
+    result["log_likelihood"] = log_likelihood(vae, data, num_samples=num_samples, progress=progress)
+    result["quantity"] = quantity(vae, data)
+    result["dataset"] = getattr(data, "name", "tensor")
+    if getattr(vae, "label_role", None) == "generated" and getattr(data, "labels", None) is not None:
+        result["accuracy"] = accuracy(vae, data)   # the classifier q(y|x) is part of such a model
     result["nll_bits_per_dim"] = bits_per_dim(-result["log_likelihood"], vae.image_shape)
     result["active_units"] = active_units(vae, data)
     result["num_samples"] = num_samples
     result["num_datapoints"] = len(data)
     result["binarize"] = getattr(data, "binarize", "none")
     return result
+
+
+@torch.no_grad()
+def accuracy(model, dataset, batch_size=1000):
+    """Fraction of the labelled images of ``dataset`` whose label ``model.classify`` predicts.
+
+    :param model: anything with ``classify(x) -> labels`` (:class:`~pyro_vae.extended.M2`,
+        :class:`~pyro_vae.extended.ConditionalVAE`).
+    :param dataset: an :class:`~pyro_vae.data.ImageDataset`; images labelled -1 are skipped.
+    :rtype: float
+    """
+    if dataset.labels is None:
+        raise DataError(f"accuracy needs labels but {dataset.name!r} has none")
+    device = _device(model)
+    correct = total = 0
+    with eval_mode(model):
+        for x, y in dataset.batches(batch_size, shuffle=False):
+            keep = y >= 0
+            if keep.any():
+                predicted = model.classify(x[keep].to(device)).cpu()
+                correct += int((predicted == y[keep].cpu()).sum())
+                total += int(keep.sum())
+    if total == 0:
+        raise DataError(f"{dataset.name!r} has no labelled images to score")
+    return correct / total

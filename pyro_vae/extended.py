@@ -19,7 +19,7 @@ Site names follow the package's convention: ``x``, ``y``, ``z`` (``z1``, ``z2`` 
 ``data`` plate at dim -1 over the images of a batch. Labels are int64 class indices ``(N,)``; ``-1``
 marks an image without a label (only :class:`M2` accepts those).
 
-Each class registers itself in :data:`pyro_vae.model.MODELS`, so ``build_vae(model.config)`` and
+Each class rebuilds itself from its config (``from_config``), so ``build_vae(model.config)`` and
 :func:`pyro_vae.load_run` rebuild it.
 """
 
@@ -40,20 +40,15 @@ from . import likelihoods as likelihoods_module
 from . import networks as networks_module
 from . import priors as priors_module
 from .errors import ConfigError, DataError
-from .model import MODELS, ROLES, VAE, _rebuild
+from .model import VAE, rebuild_part
+from .util import MAX_CLASSES, MAX_LATENT_DIM, MAX_WIDTH, image_shape as image_shape_of, positive, positive_int
 
 __all__ = ["LabelledMLPEncoder", "MLPClassifier", "GaussianMLP", "ConditionalVAE", "M2", "HierarchicalVAE",
            "keep_labels", "without_labels", "accuracy"]
 
 
-def _positive_int(name, value):
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _widths(name, hidden):
-    widths = [_positive_int(f"{name} width", h) for h in hidden]
+    widths = [positive_int(f"{name} width", h, MAX_WIDTH) for h in hidden]
     if not widths:
         raise ConfigError(f"{name} needs at least one hidden layer, got {list(hidden)!r}")
     return widths
@@ -79,14 +74,14 @@ class LabelledMLPEncoder(nn.Module):
 
     def __init__(self, image_shape, latent_dim, num_classes, hidden=(512, 256)):
         super().__init__()
-        self.image_shape = tuple(int(s) for s in image_shape)
+        self.image_shape = image_shape_of(image_shape)
         self.hidden = _widths("LabelledMLPEncoder", hidden)
+        latent_dim = positive_int("latent_dim", latent_dim, MAX_LATENT_DIM)
         # The first layer on [x, y] is W [x; y] = W_x x + W_y y. Keeping the two halves apart means that
         # when y is enumerated over K classes (M2), the image half is computed once instead of K times.
         self.x_in = nn.Linear(math.prod(self.image_shape), self.hidden[0])
-        self.y_in = nn.Linear(int(num_classes), self.hidden[0], bias=False)
-        self.rest = nn.Sequential(nn.Softplus(), networks_module._mlp([*self.hidden, 2 * int(latent_dim)],
-                                                                      nn.Softplus))
+        self.y_in = nn.Linear(positive_int("num_classes", num_classes, MAX_CLASSES), self.hidden[0], bias=False)
+        self.rest = nn.Sequential(nn.Softplus(), networks_module._mlp([*self.hidden, 2 * latent_dim], nn.Softplus))
 
     def config(self):
         return {"hidden": self.hidden}
@@ -95,7 +90,7 @@ class LabelledMLPEncoder(nn.Module):
         """:param x: images ``(..., C, H, W)``. :param y: one-hot labels ``(..., num_classes)``, leading dims
         broadcastable with those of ``x``. :returns: ``(loc, scale)``, each ``(broadcast..., latent_dim)``."""
         loc, raw_scale = self.rest(self.x_in(x.flatten(-3)) + self.y_in(y)).chunk(2, dim=-1)
-        return loc, networks_module._positive(raw_scale)
+        return loc, positive(raw_scale)
 
 
 class MLPClassifier(nn.Module):
@@ -108,8 +103,9 @@ class MLPClassifier(nn.Module):
 
     def __init__(self, image_shape, num_classes, hidden=(512,)):
         super().__init__()
-        self.hidden = [_positive_int("MLPClassifier width", h) for h in hidden]
-        self.net = networks_module._mlp([math.prod(image_shape), *self.hidden, int(num_classes)], nn.Softplus)
+        self.hidden = _widths("MLPClassifier", hidden)
+        self.net = networks_module._mlp([math.prod(image_shape_of(image_shape)), *self.hidden,
+                                         positive_int("num_classes", num_classes, MAX_CLASSES)], nn.Softplus)
 
     def forward(self, x):
         """:param x: images ``(..., C, H, W)``. :returns: logits ``(..., num_classes)``."""
@@ -124,12 +120,13 @@ class GaussianMLP(nn.Module):
 
     def __init__(self, in_dim, out_dim, hidden=(256,)):
         super().__init__()
-        self.net = networks_module._mlp([int(in_dim), *hidden, 2 * int(out_dim)], nn.Softplus)
+        self.net = networks_module._mlp([positive_int("in_dim", in_dim, MAX_LATENT_DIM), *_widths("GaussianMLP", hidden),
+                                         2 * positive_int("out_dim", out_dim, MAX_LATENT_DIM)], nn.Softplus)
 
     def forward(self, h):
         """:param h: ``(..., in_dim)``. :returns: ``(loc, scale)``, each ``(..., out_dim)``, scale > 0."""
         loc, raw_scale = self.net(h).chunk(2, dim=-1)
-        return loc, networks_module._positive(raw_scale)
+        return loc, positive(raw_scale)
 
 
 # --- models with labels --------------------------------------------------------------------------
@@ -172,10 +169,12 @@ class ConditionalVAE(VAE):
     :param tuple hidden: hidden widths of the default encoder (the decoder mirrors them).
     """
 
+    label_role = "conditioned"
+
     def __init__(self, image_shape=(1, 28, 28), latent_dim=32, num_classes=10, encoder=None, decoder=None,
                  prior=None, likelihood=None, posterior=None, hidden=(512, 256)):
-        latent_dim = _positive_int("latent_dim", latent_dim)
-        num_classes = _positive_int("num_classes", num_classes)
+        latent_dim = positive_int("latent_dim", latent_dim, MAX_LATENT_DIM)
+        num_classes = positive_int("num_classes", num_classes, MAX_CLASSES)
         _refuse_vamp(prior, type(self).__name__)
         likelihood = likelihood if likelihood is not None else likelihoods_module.Bernoulli()
         if encoder is None:
@@ -194,15 +193,14 @@ class ConditionalVAE(VAE):
         y = self._require_labels(y)
         self.register()
         with pyro.plate("data", x.shape[-4]):
-            with self._latent_scale():
-                z = pyro.sample("z", self.prior())
+            z = pyro.sample("z", self.prior())
             pyro.sample("x", self.likelihood(self.decoder(_concat(z, self._onehot(y)))), obs=x)
 
     def guide(self, x, y=None):
         """q(z|x, y). :param x: images ``(N, C, H, W)``. :param y: labels ``(N,)``."""
         y = self._require_labels(y)
         self.register()
-        with pyro.plate("data", x.shape[-4]), self._latent_scale():
+        with pyro.plate("data", x.shape[-4]):
             pyro.sample("z", self.posterior(*self.encoder(x, self._onehot(y))))
 
     def _require_labels(self, y):
@@ -293,10 +291,10 @@ class ConditionalVAE(VAE):
     def sample(self, num_samples, y=None):
         """Mean images of codes z ~ p(z) for labels ``y``: an int (one digit), a tensor ``(num_samples,)``,
         or ``None`` (labels drawn uniformly). :returns: ``(num_samples, C, H, W)``."""
-        z = self.prior().sample((num_samples,))
+        device = self.device
         if y is None:
-            y = torch.randint(self.num_classes, (num_samples,), device=z.device)
-        return self.generate(z, y)
+            y = torch.randint(self.num_classes, (num_samples,), device=device)
+        return super().sample(num_samples, self._labels_for(y, (num_samples,), device))
 
     def sample_by_class(self, per_class):
         """A grid with one row per class: column j uses the same code z_j ~ p(z) in every row, so a
@@ -311,33 +309,14 @@ class ConditionalVAE(VAE):
     def config(self):
         return {**super().config, "num_classes": self.num_classes}
 
-    #: encoder classes a config may name, besides those of :mod:`pyro_vae.networks`
-    _ENCODERS = {"LabelledMLPEncoder": LabelledMLPEncoder}
-
     @classmethod
-    def from_config(cls, config, encoder=None, decoder=None):
-        """Rebuild (untrained) from :attr:`config`; called by :func:`pyro_vae.build_vae`, because the
-        networks take the label as well, so they are not shaped ``(image_shape, latent_dim)``."""
-        image_shape, latent_dim = tuple(config["image_shape"]), int(config["latent_dim"])
-        num_classes = int(config["num_classes"])
-        likelihood = _rebuild("likelihood", config["likelihood"], image_shape, latent_dim, None)
-        for role, given in (("encoder", encoder), ("decoder", decoder)):
-            if given is None and config.get(role) is None:
-                raise ConfigError(f"this run used a custom {role}; pass {role}=... to rebuild it")
-        if encoder is None:
-            spec = config["encoder"]
-            if spec["class"] not in cls._ENCODERS:
-                raise ConfigError(f"config names an unknown encoder class {spec['class']!r} for {config['model']}")
-            encoder = cls._ENCODERS[spec["class"]](image_shape, latent_dim, num_classes, **spec.get("kwargs", {}))
-        if decoder is None:
-            decoder = _rebuild("decoder", config["decoder"], image_shape, latent_dim + num_classes,
-                               likelihood.params_per_pixel)
-        prior = _rebuild("prior", config["prior"], image_shape, latent_dim, None)
-        posterior = _rebuild("posterior", config.get("posterior") or {"class": "DiagonalNormal"}, image_shape,
-                             latent_dim, None)
-        extra = {k: v for k, v in config.items() if k not in ("model", "image_shape", "latent_dim") + ROLES}
-        return cls(image_shape=image_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder, prior=prior,
-                   likelihood=likelihood, posterior=posterior, **extra)
+    def _rebuild_network(cls, role, config, image_shape, latent_dim, params_per_pixel):
+        # the networks take the label too: the encoder is a LabelledMLPEncoder, the decoder reads [z, onehot(y)]
+        num_classes = positive_int("config num_classes", config.get("num_classes"), MAX_CLASSES)
+        if role == "encoder":
+            return rebuild_part(role, config.get(role), image_shape, latent_dim, num_classes,
+                                classes=(LabelledMLPEncoder,))
+        return super()._rebuild_network(role, config, image_shape, latent_dim + num_classes, params_per_pixel)
 
 
 class M2(ConditionalVAE):
@@ -369,7 +348,7 @@ class M2(ConditionalVAE):
     training mode (``fit`` trains in ``train()`` mode; :mod:`~pyro_vae.evaluate` switches to ``eval()``):
     train ELBOs reported by ``fit`` include it, test ELBOs and log-likelihoods do not.
 
-    **Scores are of log p(x).** y is a variable of this generative model (:attr:`models_labels`), so
+    **Scores are of log p(x).** y is a variable of this generative model (:attr:`label_role` ``"generated"``), so
     :mod:`~pyro_vae.evaluate` (and ``fit``'s test ELBO) sums it out even when the test set has labels:
     the ELBO and log-likelihood bound log p(x), comparable with a plain VAE's, not log p(x, y). The test
     labels are for :func:`accuracy`. To score log p(x, y) on purpose, call
@@ -385,7 +364,7 @@ class M2(ConditionalVAE):
     """
 
     #: the label is drawn by the generative model, not conditioned on: scores sum it out (see :mod:`~pyro_vae.evaluate`)
-    models_labels = True
+    label_role = "generated"
 
     def __init__(self, image_shape=(1, 28, 28), latent_dim=32, num_classes=10, alpha=50.0, classifier=None,
                  classifier_hidden=(512,), encoder=None, decoder=None, prior=None, likelihood=None,
@@ -434,8 +413,7 @@ class M2(ConditionalVAE):
                     missing = pyro.sample("y_unobserved", p_y)
             y_all = labels if which == "all" else missing if which == "none" else torch.where(labelled, labels,
                                                                                               missing)
-            with self._latent_scale():
-                z = pyro.sample("z", self.prior())
+            z = pyro.sample("z", self.prior())
             pyro.sample("x", self.likelihood(self.decoder(_concat(z, self._onehot(y_all)))), obs=x)
             if self.training and self.alpha > 0 and which != "none":
                 with poutine.scale(scale=self.alpha), self._mask(labelled if some else None):
@@ -458,8 +436,7 @@ class M2(ConditionalVAE):
                                           infer={"enumerate": "parallel"})
             y_all = labels if which == "all" else missing if which == "none" else torch.where(labelled, labels,
                                                                                               missing)
-            with self._latent_scale():
-                pyro.sample("z", self.posterior(*self.encoder(x, self._onehot(y_all))))
+            pyro.sample("z", self.posterior(*self.encoder(x, self._onehot(y_all))))
 
     def _require_labels(self, y):
         return y
@@ -480,9 +457,10 @@ class M2(ConditionalVAE):
         return self.classifier(x).argmax(-1)
 
     def sample(self, num_samples, y=None):
-        """As :meth:`ConditionalVAE.sample`, labels drawn from p(y) when ``y`` is ``None``."""
+        """As :meth:`ConditionalVAE.sample`, but with ``y=None`` the model draws the labels from its own p(y).
+        :returns: ``(num_samples, C, H, W)``."""
         if y is None:
-            y = dist.Categorical(logits=self.y_logits).sample((num_samples,))
+            return VAE.sample(self, num_samples)
         return super().sample(num_samples, y)
 
     @property
@@ -491,12 +469,10 @@ class M2(ConditionalVAE):
         return {**super().config, "alpha": self.alpha, "classifier_hidden": hidden}
 
     @classmethod
-    def from_config(cls, config, encoder=None, decoder=None, classifier=None):
-        if config.get("classifier_hidden") is None and classifier is None:
+    def from_config(cls, config, **parts):
+        if config.get("classifier_hidden") is None and parts.get("classifier") is None:
             raise ConfigError("this run used a custom classifier; pass classifier=... to rebuild it")
-        if classifier is not None:
-            config = {**config, "classifier": classifier}
-        return super().from_config(config, encoder=encoder, decoder=decoder)
+        return super().from_config(config, **parts)
 
 
 # --- hierarchical model --------------------------------------------------------------------------
@@ -537,12 +513,15 @@ class HierarchicalVAE(VAE):
     Other parameters as for :class:`~pyro_vae.VAE` (encoder and decoder work on z1).
     """
 
+    #: pictures decode z1 (``generate``), so the latent manifold's codes are z1's
+    code_site = "z1"
+
     def __init__(self, image_shape=(1, 28, 28), latent_dims=(32, 16), latent_dim=None, encoder=None, decoder=None,
                  prior=None, likelihood=None, posterior=None, hidden=(512, 256), latent_hidden=(256,)):
-        dims = tuple(_positive_int("latent_dims entry", d) for d in latent_dims)
+        dims = tuple(positive_int("latent_dims entry", d, MAX_LATENT_DIM) for d in latent_dims)
         if len(dims) != 2:
             raise ConfigError(f"latent_dims must be two sizes (z1, z2), got {tuple(latent_dims)!r}")
-        if latent_dim is not None and int(latent_dim) != dims[0]:
+        if latent_dim is not None and latent_dim != dims[0]:
             raise ConfigError(f"latent_dim={latent_dim} disagrees with latent_dims={dims}: it is the size of z1")
         # the VAE builds networks, likelihood and posterior around z1; its default prior (on z1) is replaced
         super().__init__(image_shape=image_shape, latent_dim=dims[0], encoder=encoder, decoder=decoder,
@@ -558,15 +537,14 @@ class HierarchicalVAE(VAE):
         """p(x, z1, z2) = p(z2) p(z1|z2) p(x|z1). :param x: images ``(N, C, H, W)``; ``y`` is ignored."""
         self.register()
         with pyro.plate("data", x.shape[-4]):
-            with self._latent_scale():
-                z2 = pyro.sample("z2", self.prior())
-                z1 = pyro.sample("z1", dist.Normal(*self.p_z1(z2)).to_event(1))
+            z2 = pyro.sample("z2", self.prior())
+            z1 = pyro.sample("z1", dist.Normal(*self.p_z1(z2)).to_event(1))
             pyro.sample("x", self.likelihood(self.decoder(z1)), obs=x)
 
     def guide(self, x, y=None):
         """q(z1|x) q(z2|z1). :param x: images ``(N, C, H, W)``; ``y`` is ignored."""
         self.register()
-        with pyro.plate("data", x.shape[-4]), self._latent_scale():
+        with pyro.plate("data", x.shape[-4]):
             z1 = pyro.sample("z1", self.posterior(*self.encoder(x)))
             pyro.sample("z2", dist.Normal(*self.q_z2(z1)).to_event(1))
 
@@ -575,22 +553,23 @@ class HierarchicalVAE(VAE):
         :param x: ``(..., C, H, W)``. :returns: ``(loc, scale)``, each ``(..., latent_dims[1])``."""
         return self.q_z2(self.encoder(x)[0])
 
-    def sample_codes(self, num_samples):
-        """z1 drawn ancestrally, z2 ~ p(z2) then z1 ~ p(z1|z2): the codes :meth:`generate` decodes.
-        :returns: ``(num_samples, latent_dims[0])``."""
-        z2 = self.prior().sample((num_samples,))
-        return dist.Normal(*self.p_z1(z2)).to_event(1).sample()
+    @property
+    def top_dim(self):
+        """Size of z2, the top latent variable."""
+        return self.latent_dims[1]
 
-    def sample(self, num_samples):
-        """Ancestral samples: z2 ~ p(z2), z1 ~ p(z1|z2), mean image of p(x|z1). :returns: ``(num_samples, C, H, W)``."""
-        return self.generate(self.sample_codes(num_samples))
+    def top_codes(self, x, y=None):
+        """Mean of q(z2 | z1 = E[z1|x]). :param x: ``(..., C, H, W)``. :returns: ``(..., latent_dims[1])``."""
+        return self.encode_top(x)[0]
+
+    def decode_top(self, z, y=None):
+        """Mean image through the mean of p(z1|z2). :param z: z2, ``(..., latent_dims[1])``.
+        :returns: ``(..., C, H, W)``."""
+        return self.generate(self.p_z1(z)[0])
 
     @property
     def config(self):
         return {**super().config, "latent_dims": list(self.latent_dims), "latent_hidden": self.latent_hidden}
-
-
-MODELS.update({cls.__name__: cls for cls in (ConditionalVAE, M2, HierarchicalVAE)})
 
 
 # --- labels --------------------------------------------------------------------------------------
@@ -639,25 +618,5 @@ def without_labels(dataset):
     return out
 
 
-@torch.no_grad()
-def accuracy(model, dataset, batch_size=1000):
-    """Fraction of the labelled images of ``dataset`` whose label ``model.classify`` predicts.
-
-    :param model: anything with ``classify(x) -> labels`` (:class:`M2`, :class:`ConditionalVAE`).
-    :param dataset: an :class:`~pyro_vae.data.ImageDataset`; images labelled -1 are skipped.
-    :rtype: float
-    """
-    if dataset.labels is None:
-        raise DataError(f"accuracy needs labels but {dataset.name!r} has none")
-    device = next(model.parameters()).device
-    correct = total = 0
-    with evaluate_module.eval_mode(model):
-        for x, y in dataset.batches(batch_size, shuffle=False):
-            keep = y >= 0
-            if keep.any():
-                predicted = model.classify(x[keep].to(device)).cpu()
-                correct += int((predicted == y[keep].cpu()).sum())
-                total += int(keep.sum())
-    if total == 0:
-        raise DataError(f"{dataset.name!r} has no labelled images to score")
-    return correct / total
+#: the test accuracy of a classifying model, part of :mod:`~pyro_vae.evaluate`
+accuracy = evaluate_module.accuracy

@@ -13,22 +13,47 @@ from pyro.distributions.transforms import AffineAutoregressive, ConditionalAffin
 from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
 
 from .errors import ConfigError
+from .util import MAX_COMPONENTS, MAX_LATENT_DIM, MAX_WIDTH, alternating_order, positive_int
 
 
-class DiagonalNormal(nn.Module):
+class Posterior(nn.Module):
+    """Base class of the posterior families: subclasses implement :meth:`forward` (and :meth:`build` when they
+    have parameters of their own, which depend on the latent size)."""
+
+    latent_dim = None
+
+    def setup(self, latent_dim):
+        """Called once by the VAE with the latent size; a posterior set up for another size is refused."""
+        latent_dim = positive_int("latent_dim", latent_dim, MAX_LATENT_DIM)
+        if self.latent_dim is not None:
+            if self.latent_dim != latent_dim:
+                raise ConfigError(f"this {type(self).__name__} was already set up for latent_dim={self.latent_dim}; "
+                                  f"create a new {type(self).__name__} object for latent_dim={latent_dim}")
+            return
+        self.latent_dim = latent_dim
+        self.build(latent_dim)
+
+    def build(self, latent_dim):
+        """Create the parameters for ``latent_dim`` (none by default)."""
+
+    def forward(self, loc, scale):
+        """:param loc: ``(..., latent_dim)``. :param scale: ``(..., latent_dim)``, positive.
+        :returns: a distribution with batch shape ``loc.shape[:-1]`` and event shape ``(latent_dim,)``."""
+        raise NotImplementedError
+
+    def config(self):
+        """Keyword arguments that rebuild this posterior (saved in a run's ``config.json``)."""
+        return {}
+
+
+class DiagonalNormal(Posterior):
     """q(z|x) = N(loc(x), diag(scale(x)^2)): the recognition model of the AEVB paper."""
 
     def forward(self, loc, scale):
         return dist.Normal(loc, scale).to_event(1)
 
-    def setup(self, latent_dim):
-        """Called once by the VAE with the latent size (for posteriors with parameters of their own)."""
 
-    def config(self):
-        return {}
-
-
-class IAF(nn.Module):
+class IAF(Posterior):
     r"""Inverse autoregressive flow posterior (Kingma et al. 2016).
 
     z_0 ~ N(loc(x), diag(scale(x)^2)),  z_l = f_l(z_{l-1}; h(x))  for l = 1..L,  z = z_L,
@@ -49,39 +74,24 @@ class IAF(nn.Module):
 
     def __init__(self, num_flows=2, hidden=64, conditional=True):
         super().__init__()
-        for name, value in (("num_flows", num_flows), ("hidden", hidden)):
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise ConfigError(f"IAF {name} must be a positive integer, got {value!r}")
-        self.num_flows = int(num_flows)
-        self.hidden = int(hidden)
+        self.num_flows = positive_int("IAF num_flows", num_flows, MAX_COMPONENTS)
+        self.hidden = positive_int("IAF hidden", hidden, MAX_WIDTH)
         self.conditional = bool(conditional)
-        self.latent_dim = None
 
-    def setup(self, latent_dim):
-        """Build the flows for ``latent_dim`` (called once by the VAE)."""
-        if self.latent_dim is not None:
-            if self.latent_dim != latent_dim:
-                raise ConfigError(f"this IAF was already set up for latent_dim={self.latent_dim}; "
-                                  f"create a new IAF object for latent_dim={latent_dim}")
-            return
-        self.latent_dim = int(latent_dim)
+    def build(self, latent_dim):
         hidden = [self.hidden, self.hidden]
         flows = []
         for i in range(self.num_flows):
-            # a fixed order instead of AutoRegressiveNN's random default: construction is deterministic
-            order = torch.arange(self.latent_dim)
-            order = order if i % 2 == 0 else order.flip(0)
+            order = alternating_order(latent_dim, i)
             if self.conditional:
-                net = ConditionalAutoRegressiveNN(self.latent_dim, 2 * self.latent_dim, hidden, permutation=order)
+                net = ConditionalAutoRegressiveNN(latent_dim, 2 * latent_dim, hidden, permutation=order)
                 flows.append(ConditionalAffineAutoregressive(net, stable=True))
             else:
                 # only the network is kept: the transform is rebuilt per call, see forward
-                flows.append(AutoRegressiveNN(self.latent_dim, hidden, permutation=order))
+                flows.append(AutoRegressiveNN(latent_dim, hidden, permutation=order))
         self.flows = nn.ModuleList(flows)
 
     def forward(self, loc, scale):
-        """:param loc: ``(..., latent_dim)``. :param scale: ``(..., latent_dim)``, positive.
-        :returns: distribution with batch shape ``loc.shape[:-1]`` and event shape ``(latent_dim,)``."""
         base = dist.Normal(loc, scale).to_event(1)
         if self.conditional:
             context = torch.cat([loc, scale.log()], dim=-1)

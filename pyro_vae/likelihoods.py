@@ -21,9 +21,7 @@ import pyro.distributions as dist
 from pyro.distributions import constraints
 
 from .errors import ConfigError, DataError
-
-#: floor on learned scales: keeps log-densities finite when a scale collapses
-MIN_SCALE = 1e-4
+from .util import MIN_SCALE, positive  # noqa: F401 (MIN_SCALE: the floor every scale here has)
 
 
 class Likelihood(nn.Module):
@@ -93,10 +91,6 @@ def _split_channels(params, who):
     return params.split(channels // 2, dim=-3)
 
 
-def _positive(raw):
-    return F.softplus(raw) + MIN_SCALE
-
-
 class _LocationScale(Likelihood):
     """Shared by :class:`Normal` and :class:`Laplace`: location from the decoder, scale fixed, learned
     (one scalar) or per pixel (from the decoder)."""
@@ -131,12 +125,12 @@ class _LocationScale(Likelihood):
         """The pixel scale shared by all pixels (a scalar tensor, > 0), or ``None`` when it is per pixel."""
         if self.per_pixel:
             return None
-        return _positive(self.raw_scale) if self.learned else self.fixed_scale
+        return positive(self.raw_scale) if self.learned else self.fixed_scale
 
     def _loc_scale(self, params):
         if self.per_pixel:
             loc, raw_scale = _split_channels(params, f"{type(self).__name__}(scale='per-pixel')")
-            return loc, _positive(raw_scale)
+            return loc, positive(raw_scale)
         return params, self.scale
 
     def forward(self, params):
@@ -326,7 +320,7 @@ class Beta(Likelihood):
 
     def _concentrations(self, params):
         raw1, raw0 = _split_channels(params, "Beta")
-        return _positive(raw1), _positive(raw0)
+        return positive(raw1), positive(raw0)
 
     def forward(self, params):
         """:param params: decoder output ``(..., 2C, H, W)``: raw a, then raw b."""

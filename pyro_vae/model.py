@@ -1,6 +1,5 @@
-"""The variational autoencoder of Kingma & Welling (2014) as a Pyro model/guide pair."""
-
-import contextlib
+"""The variational autoencoder of Kingma & Welling (2014) as a Pyro model/guide pair, and how a saved config
+turns back into a model (:func:`build_vae`)."""
 
 from torch import nn
 
@@ -12,6 +11,7 @@ from . import likelihoods as likelihoods_module
 from . import networks as networks_module
 from . import priors as priors_module
 from .errors import ConfigError
+from .util import MAX_LATENT_DIM, image_shape as image_shape_of, positive_int
 
 
 class VAE(nn.Module):
@@ -26,9 +26,8 @@ class VAE(nn.Module):
 
         z_n ~ posterior(encoder(x_n))                  default diagonal Normal, event shape (latent_dim,)
 
-    Both ``z`` sites are scaled by :attr:`kl_scale` (1 by default): with ``kl_scale = beta`` the loss is
-    the beta-VAE objective -E_q[log p(x|z)] + beta KL(q || p), and ``fit(..., warmup=E)`` ramps it from
-    0 to ``beta`` over E epochs (KL warm-up).
+    ``fit(..., beta=b)`` weights every latent site of model and guide by b from outside (a beta-VAE), so the
+    model itself holds no weight and a subclass with sites of its own is weighted the same way.
 
     :param tuple image_shape: ``(C, H, W)`` of one image.
     :param int latent_dim: size of z.
@@ -45,17 +44,27 @@ class VAE(nn.Module):
         defaults (one SiLU layer of 400, 50 latents) beat deeper softplus MLPs on mnist5k at equal epochs
         (benchmarks/README.md).
 
-    To extend the graphical model, subclass and add sites to :meth:`model` and :meth:`guide`; ``fit``
-    and ``evaluate`` work with any model/guide pair that takes ``(x, y=None)``.
+    To extend the graphical model, subclass and add sites to :meth:`model` and :meth:`guide`; ``fit``,
+    ``evaluate`` and the pictures work with any model/guide pair that takes ``(x, y=None)`` (and the
+    dataset's ``covariates=`` keyword when it has covariates). :meth:`sample` draws from the model itself
+    (ancestral sampling), so a subclass's samples need no override.
     """
+
+    #: the latent site whose values :meth:`generate` decodes (what :meth:`sample_codes` returns)
+    code_site = "z"
+
+    #: What the model does with labels y, decided here once for evaluation, pictures and the CLI:
+    #: ``"ignored"`` (``model``/``guide`` accept y and do not use it, or observe it as data of their own),
+    #: ``"conditioned"`` (p(x | y): every image needs its label, scores are of log p(x|y)), or
+    #: ``"generated"`` (y is a variable of the generative model that the guide infers when it is missing,
+    #: so scores sum it out and bound log p(x); :class:`~pyro_vae.extended.M2`).
+    label_role = "ignored"
 
     def __init__(self, image_shape=(1, 28, 28), latent_dim=50, encoder=None, decoder=None, prior=None,
                  likelihood=None, posterior=None, hidden=(400,)):
         super().__init__()
-        if int(latent_dim) < 1:
-            raise ConfigError(f"latent_dim must be a positive integer, got {latent_dim}")
-        self.image_shape = tuple(int(s) for s in image_shape)
-        self.latent_dim = int(latent_dim)
+        self.image_shape = image_shape_of(image_shape)
+        self.latent_dim = positive_int("latent_dim", latent_dim, MAX_LATENT_DIM)
         self.likelihood = likelihood if likelihood is not None else likelihoods_module.Bernoulli()
         self.encoder = encoder if encoder is not None else networks_module.MLPEncoder(
             self.image_shape, self.latent_dim, hidden)
@@ -65,8 +74,6 @@ class VAE(nn.Module):
         self.prior.setup(self.latent_dim, self)
         self.posterior = posterior if posterior is not None else guides_module.DiagonalNormal()
         self.posterior.setup(self.latent_dim)
-        #: weight of the latent sites (beta of a beta-VAE); a plain float, changed by fit's warm-up
-        self.kl_scale = 1.0
         #: whether ``model``/``guide`` put the parameters in Pyro's param store (``pyro.module``), which
         #: ``SVI`` with a ``pyro.optim`` optimizer needs; ``fit`` switches it off while its torch
         #: optimizer, which holds the parameters already, trains (it saves ~0.7 ms per step on a CPU)
@@ -78,14 +85,13 @@ class VAE(nn.Module):
         """p(x, z) = p(z) p(x|z). :param x: images ``(N, C, H, W)``; ``y`` is accepted and ignored."""
         self.register()
         with pyro.plate("data", x.shape[-4]):
-            with self._latent_scale():
-                z = pyro.sample("z", self.prior())
+            z = pyro.sample("z", self.prior())
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
 
     def guide(self, x, y=None):
         """q(z|x). :param x: images ``(N, C, H, W)``; ``y`` is accepted and ignored."""
         self.register()
-        with pyro.plate("data", x.shape[-4]), self._latent_scale():
+        with pyro.plate("data", x.shape[-4]):
             pyro.sample("z", self.posterior(*self.encoder(x)))
 
     def register(self):
@@ -93,36 +99,73 @@ class VAE(nn.Module):
         if self.register_params:
             pyro.module("vae", self)
 
-    def _latent_scale(self):
-        # no messenger at all in the common case: it would only cost time per step
-        return poutine.scale(scale=self.kl_scale) if self.kl_scale != 1.0 else contextlib.nullcontext()
-
     # --- deterministic helpers for pictures and analysis ---------------------------------------
 
     @property
     def device(self):
         return next(self.parameters()).device
 
-    def encode(self, x):
-        """Posterior parameters. :param x: ``(..., C, H, W)``. :returns: ``(loc, scale)``, ``(..., latent_dim)``."""
+    def encode(self, x, y=None):
+        """Posterior parameters. :param x: ``(..., C, H, W)``; ``y`` is accepted and ignored.
+        :returns: ``(loc, scale)``, ``(..., latent_dim)``."""
         return self.encoder(x)
 
-    def generate(self, z):
-        """Mean image of p(x|z). :param z: ``(..., latent_dim)``. :returns: ``(..., C, H, W)``."""
+    def generate(self, z, y=None):
+        """Mean image of p(x|z). :param z: ``(..., latent_dim)``; ``y`` is accepted and ignored.
+        :returns: ``(..., C, H, W)``."""
         return self.likelihood.mean(self.decoder(z))
 
-    def reconstruct(self, x):
+    @property
+    def top_dim(self):
+        """Size of the top latent variable, the one interpolation and traversal pictures move along."""
+        return self.latent_dim
+
+    def top_codes(self, x, y=None):
+        """Posterior mean of the top latent variable. :param x: ``(..., C, H, W)``.
+        :param y: labels for models that condition on them (see :attr:`label_role`).
+        :returns: ``(..., top_dim)``."""
+        return self.encode(x, y)[0]
+
+    def decode_top(self, z, y=None):
+        """Mean image for a top code. :param z: ``(..., top_dim)``. :returns: ``(..., C, H, W)``."""
+        return self.generate(z, y)
+
+    def reconstruct(self, x, y=None):
         """Decode the posterior mean (for a flow posterior such as IAF, the mean of its base Normal, which
-        the flows then move). :param x: ``(..., C, H, W)``. :returns: ``(..., C, H, W)``."""
-        return self.generate(self.encode(x)[0])
+        the flows then move). :param x: ``(..., C, H, W)``; ``y`` as for :meth:`encode`.
+        :returns: ``(..., C, H, W)``."""
+        return self.generate(self.encode(x, y)[0], y)
+
+    def trace_prior(self, num_samples, y=None, **kwargs):
+        """Run :meth:`model` once for ``num_samples`` images with every latent site drawn from its prior given
+        its parents (ancestral sampling), and return the trace.
+
+        The image site is observed at a placeholder batch of zeros, which fixes the ``data`` plate's size
+        and changes no draw (the latents are drawn before it), so ``trace.nodes["x"]["fn"]`` is
+        p(x | latents) for the drawn latents. A subclass with sites of its own is sampled correctly with no
+        override, provided its model uses ``x`` only as the observation and for the batch size (true of
+        every model here).
+
+        :param int num_samples: size of the ``data`` plate.
+        :param y: labels for models that take them (see :attr:`label_role`), or ``None``.
+        :returns: a :class:`pyro.poutine.Trace`; ``trace.nodes[name]["value"]`` holds each site's draws.
+        """
+        x = next(self.parameters()).new_zeros((positive_int("num_samples", num_samples),) + self.image_shape)
+        return poutine.trace(self.model).get_trace(x, y, **kwargs)
 
     def sample_codes(self, num_samples):
-        """Codes z from the model's p(z), the input of :meth:`generate`. :returns: ``(num_samples, latent_dim)``."""
-        return self.prior().sample((num_samples,))
+        """Codes drawn ancestrally at :attr:`code_site`, the input of :meth:`generate`.
+        :returns: ``(num_samples, latent_dim)``."""
+        trace = self.trace_prior(num_samples)
+        if self.code_site not in trace.nodes:
+            raise ConfigError(f"{type(self).__name__}'s model has no site {self.code_site!r} to draw codes from; "
+                              f"set its code_site attribute to the latent site that generate() decodes")
+        return trace.nodes[self.code_site]["value"]
 
-    def sample(self, num_samples):
-        """Mean images of codes drawn from the prior. :returns: ``(num_samples, C, H, W)``."""
-        return self.generate(self.sample_codes(num_samples))
+    def sample(self, num_samples, y=None):
+        """Mean images of p(x | latents) for latents drawn from the model's prior (:meth:`trace_prior`).
+        :param y: labels for models that take them. :returns: ``(num_samples, C, H, W)``."""
+        return self.trace_prior(num_samples, y).nodes["x"]["fn"].mean
 
     # --- saving --------------------------------------------------------------------------------
 
@@ -144,19 +187,74 @@ class VAE(nn.Module):
             "posterior": describe(self.posterior),
         }
 
+    @classmethod
+    def from_config(cls, config, **parts):
+        """Rebuild an untrained model of this class from :attr:`config` (what :func:`build_vae` calls).
+
+        The recorded parts are rebuilt from this package's part classes; a module passed in ``parts`` is
+        used instead (required for a part recorded as ``None``). Entries of the config besides the parts
+        and shapes (a subclass's own constructor arguments, e.g. ``num_classes``) go to the constructor.
+        """
+        shape, latent_dim = config.get("image_shape"), config.get("latent_dim")
+        if not (isinstance(shape, list) and len(shape) == 3
+                and all(isinstance(s, int) and not isinstance(s, bool) for s in shape)):
+            raise ConfigError(f"config image_shape must be a list of three positive integers, got {shape!r:.80}")
+        if not (isinstance(latent_dim, int) and not isinstance(latent_dim, bool)):
+            raise ConfigError(f"config latent_dim must be a positive integer, got {latent_dim!r:.80}")
+        shape, latent_dim = image_shape_of(shape), positive_int("config latent_dim", latent_dim, MAX_LATENT_DIM)
+        parts = dict(parts)
+        if parts.get("likelihood") is None:
+            parts["likelihood"] = rebuild_part("likelihood", config.get("likelihood"))
+        for role in ("encoder", "decoder"):
+            if parts.get(role) is None:
+                parts[role] = cls._rebuild_network(role, config, shape, latent_dim, parts["likelihood"].params_per_pixel)
+        for role, default in (("prior", {"class": "StandardNormal"}), ("posterior", {"class": "DiagonalNormal"})):
+            if parts.get(role) is None:
+                parts[role] = rebuild_part(role, config.get(role, default))
+        extra = {k: v for k, v in config.items() if k not in ("model", "image_shape", "latent_dim") + ROLES}
+        if not all(isinstance(k, str) for k in extra):
+            raise ConfigError("config has entries whose names are not strings; restore the run's config.json")
+        return _construct("model", cls, image_shape=shape, latent_dim=latent_dim, **parts, **extra)
+
+    @classmethod
+    def _rebuild_network(cls, role, config, image_shape, latent_dim, params_per_pixel):
+        """The recorded encoder (``image_shape, latent_dim``) or decoder (also ``params_per_pixel``)."""
+        if role == "encoder":
+            return rebuild_part(role, config.get(role), image_shape, latent_dim)
+        return rebuild_part(role, config.get(role), image_shape, latent_dim, params_per_pixel=params_per_pixel)
+
+
+def uses_labels(vae):
+    """Whether ``vae`` takes labels in ``encode``/``generate``/``reconstruct`` (its :attr:`VAE.label_role` is not
+    ``"ignored"``); models without the attribute are taken to ignore them."""
+    return getattr(vae, "label_role", "ignored") != "ignored"
+
 
 def describe(part):
-    """``{"class": name, "kwargs": {...}}`` for a part from this package, else ``None``."""
+    """``{"class": name, "kwargs": {...}}`` for a part that can describe itself (``config()``), else ``None``."""
     if not hasattr(part, "config") or not callable(part.config):
         return None
     return {"class": type(part).__name__, "kwargs": part.config()}
 
 
-_PART_MODULES = {"encoder": networks_module, "decoder": networks_module, "prior": priors_module,
-                 "likelihood": likelihoods_module, "posterior": guides_module}
 ROLES = ("encoder", "decoder", "prior", "likelihood", "posterior")
-#: model classes a config can name; extended models add themselves here
-MODELS = {"VAE": VAE}
+#: The part classes a config may name, by role: only this package's own, so a crafted config.json cannot
+#: construct anything else (a user's own part is passed to :func:`build_vae` / ``load_run`` instead).
+PART_CLASSES = {
+    "encoder": (networks_module.MLPEncoder, networks_module.ConvEncoder),
+    "decoder": (networks_module.MLPDecoder, networks_module.ConvDecoder),
+    "prior": (priors_module.StandardNormal, priors_module.LearnedNormal, priors_module.MixtureOfGaussians,
+              priors_module.VampPrior, priors_module.FlowPrior),
+    "likelihood": (likelihoods_module.Bernoulli, likelihoods_module.ContinuousBernoulli, likelihoods_module.Normal,
+                   likelihoods_module.Laplace, likelihoods_module.DiscretizedLogistic, likelihoods_module.Beta),
+    "posterior": (guides_module.DiagonalNormal, guides_module.IAF),
+}
+
+
+def model_classes():
+    """The model classes a config may name by itself: this package's own, by class name."""
+    from . import extended   # built on this module, so imported when needed
+    return {cls.__name__: cls for cls in (VAE, extended.ConditionalVAE, extended.M2, extended.HierarchicalVAE)}
 
 
 def _construct(what, cls, *args, **kwargs):
@@ -169,54 +267,54 @@ def _construct(what, cls, *args, **kwargs):
                           f"restore the run's config.json") from None
 
 
-def _rebuild(role, spec, image_shape, latent_dim, params_per_pixel):
-    if not (isinstance(spec, dict) and isinstance(spec.get("class"), str)
-            and isinstance(spec.get("kwargs", {}), dict)):
+def rebuild_part(role, spec, *args, classes=None, **kwargs):
+    """Construct the part a config entry ``{"class": name, "kwargs": {...}}`` names.
+
+    :param str role: ``"encoder"``, ``"decoder"``, ``"prior"``, ``"likelihood"`` or ``"posterior"``.
+    :param classes: the classes the entry may name (default :data:`PART_CLASSES` of the role).
+    :param args: positional arguments before the recorded keywords (e.g. ``image_shape, latent_dim``).
+    :raises ConfigError: a malformed entry, a class not among ``classes``, or arguments it refuses.
+    """
+    if spec is None:
+        raise ConfigError(f"this run used a custom {role}; pass {role}=... to rebuild it")
+    if not (isinstance(spec, dict) and isinstance(spec.get("class"), str) and isinstance(spec.get("kwargs", {}), dict)):
         raise ConfigError(f"config entry for the {role} must be {{'class': name, 'kwargs': {{...}}}}, got {spec!r:.80}")
-    cls = getattr(_PART_MODULES[role], spec["class"], None)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ConfigError(f"config names an unknown {role} class {spec['class']!r}")
-    kwargs = dict(spec.get("kwargs", {}))
-    if role == "encoder":
-        return _construct(role, cls, image_shape, latent_dim, **kwargs)
-    if role == "decoder":
-        return _construct(role, cls, image_shape, latent_dim, params_per_pixel=params_per_pixel, **kwargs)
-    return _construct(role, cls, **kwargs)
+    known = {cls.__name__: cls for cls in (classes if classes is not None else PART_CLASSES[role])}
+    if spec["class"] not in known:
+        raise ConfigError(f"config names an unknown {role} class {spec['class']!r:.60}; known: {', '.join(sorted(known))} "
+                          f"(pass a {role} of your own as {role}=...)")
+    kwargs = {**spec.get("kwargs", {}), **kwargs}
+    if not all(isinstance(k, str) for k in kwargs):
+        raise ConfigError(f"config entry for the {role} has keyword names that are not strings")
+    return _construct(role, known[spec["class"]], *args, **kwargs)
 
 
-def build_vae(config, encoder=None, decoder=None):
-    """Rebuild a model (untrained) from :attr:`VAE.config`.
+def build_vae(config, model_class=None, **parts):
+    """Rebuild a model (untrained) from its :attr:`VAE.config`.
 
-    :param dict config: as stored in a run's ``config.json``.
-    :param encoder: required when the config records a user-supplied encoder (``None``).
-    :param decoder: likewise for the decoder.
+    :param dict config: as stored in a run's ``config.json`` (its ``"vae"`` entry).
+    :param model_class: the class to rebuild, required when the config names a class of your own (a
+        subclass of :class:`VAE`); by default one of this package's models, looked up by name.
+    :param parts: modules that replace the recorded parts, required where the config records a part of
+        your own as ``None``: ``encoder``, ``decoder``, ``prior``, ``likelihood``, ``posterior``, and
+        model-specific ones such as M2's ``classifier``.
+    :raises ConfigError: a malformed config, an unknown class, or a part it cannot rebuild.
     """
     if not isinstance(config, dict):
         raise ConfigError(f"a model config must be a dict, got {type(config).__name__}")
     name = config.get("model", "VAE")
-    if not isinstance(name, str) or name not in MODELS:
-        raise ConfigError(f"config names an unknown model {name!r:.60}; known: {', '.join(sorted(MODELS))}")
-    if hasattr(MODELS[name], "from_config"):   # models whose networks are not shaped (image_shape, latent_dim)
-        return MODELS[name].from_config(config, encoder=encoder, decoder=decoder)
-    image_shape, latent_dim = config.get("image_shape"), config.get("latent_dim")
-    if not (isinstance(image_shape, (list, tuple)) and len(image_shape) == 3
-            and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in image_shape)):
-        raise ConfigError(f"config image_shape must be three positive integers, got {image_shape!r:.80}")
-    if not (isinstance(latent_dim, int) and not isinstance(latent_dim, bool) and latent_dim > 0):
-        raise ConfigError(f"config latent_dim must be a positive integer, got {latent_dim!r:.80}")
-    image_shape = tuple(image_shape)
-    likelihood = _rebuild("likelihood", config["likelihood"], image_shape, latent_dim, None)
-    parts = {"encoder": encoder, "decoder": decoder}
-    for role in parts:
-        if parts[role] is None:
-            if config.get(role) is None:
-                raise ConfigError(f"this run used a custom {role}; pass {role}=... to rebuild it")
-            parts[role] = _rebuild(role, config[role], image_shape, latent_dim, likelihood.params_per_pixel)
-    prior = _rebuild("prior", config["prior"], image_shape, latent_dim, None)
-    posterior = _rebuild("posterior", config.get("posterior") or {"class": "DiagonalNormal"}, image_shape,
-                         latent_dim, None)
-    # extended models record their own extra constructor arguments next to the parts
-    extra = {k: v for k, v in config.items() if k not in ("model", "image_shape", "latent_dim") + ROLES}
-    return _construct("model", MODELS[name], image_shape=image_shape, latent_dim=latent_dim, prior=prior,
-                      likelihood=likelihood, posterior=posterior, **parts, **extra)
-
+    if not isinstance(name, str):
+        raise ConfigError(f"config names the model {name!r:.60}; expected a class name")
+    if model_class is not None:
+        if not (isinstance(model_class, type) and hasattr(model_class, "from_config")):
+            raise ConfigError(f"model_class must be a model class with from_config (e.g. a VAE subclass), got "
+                              f"{model_class!r:.60}")
+        if name != model_class.__name__:
+            raise ConfigError(f"the config describes a {name!r:.60}, not a {model_class.__name__}; pass the class "
+                              f"the run was trained with")
+        return model_class.from_config(config, **parts)
+    known = model_classes()
+    if name not in known:
+        raise ConfigError(f"config names the model {name!r:.60}, which is not one of this package's "
+                          f"({', '.join(sorted(known))}); pass your class: model_class={name:.60}")
+    return known[name].from_config(config, **parts)

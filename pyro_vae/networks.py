@@ -14,20 +14,15 @@ dimensions in front, so nothing here reshapes to ``(-1, 784)``.
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
+from .util import MAX_LATENT_DIM, MAX_WIDTH, positive, positive_int
+from .util import image_shape as image_shape_of
 
-#: Smallest posterior standard deviation; keeps log q(z|x) finite when an encoder grows confident.
-MIN_SCALE = 1e-4
 
-
-def _check_shape(image_shape):
-    shape = tuple(int(s) for s in image_shape)
-    if len(shape) != 3 or min(shape) <= 0:
-        raise ConfigError(f"image_shape must be three positive sizes (C, H, W), got {tuple(image_shape)}")
-    return shape
+def _widths(hidden):
+    return [positive_int("hidden width", h, MAX_WIDTH) for h in hidden]
 
 
 def _activation(name):
@@ -47,16 +42,17 @@ def _mlp(sizes, activation):
     return nn.Sequential(*layers)
 
 
-def _positive(raw):
-    # softplus instead of exp: exp overflows for large raw values and NaNs follow
-    return F.softplus(raw) + MIN_SCALE
-
-
 def _run_batched(net, x, event_dims):
     """Apply ``net`` (which wants one batch dim) to ``x`` with any number of leading dims."""
     batch_shape = x.shape[: x.dim() - event_dims]
     out = net(x.reshape((-1,) + x.shape[x.dim() - event_dims:]))
     return out.reshape(batch_shape + out.shape[1:])
+
+
+def _check_conv_size(image_shape, who):
+    if min(image_shape[1:]) < 4:
+        raise ConfigError(f"{who} needs images of at least 4x4 pixels (two stride-2 convolutions), got "
+                          f"{image_shape[1]}x{image_shape[2]}; use the MLP networks (--network mlp)")
 
 
 class MLPEncoder(nn.Module):
@@ -72,9 +68,9 @@ class MLPEncoder(nn.Module):
 
     def __init__(self, image_shape, latent_dim, hidden=(512, 256), activation="SiLU"):
         super().__init__()
-        self.image_shape = _check_shape(image_shape)
-        self.latent_dim = int(latent_dim)
-        self.hidden = [int(h) for h in hidden]
+        self.image_shape = image_shape_of(image_shape)
+        self.latent_dim = positive_int("latent_dim", latent_dim, MAX_LATENT_DIM)
+        self.hidden = _widths(hidden)
         self.activation = activation
         self.net = _mlp([math.prod(self.image_shape), *self.hidden, 2 * self.latent_dim], _activation(activation))
 
@@ -84,7 +80,7 @@ class MLPEncoder(nn.Module):
     def forward(self, x):
         """:param x: images ``(..., C, H, W)``. :returns: ``(loc, scale)``, each ``(..., latent_dim)``."""
         loc, raw_scale = self.net(x.flatten(-3)).chunk(2, dim=-1)
-        return loc, _positive(raw_scale)
+        return loc, positive(raw_scale)
 
 
 class MLPDecoder(nn.Module):
@@ -102,12 +98,13 @@ class MLPDecoder(nn.Module):
 
     def __init__(self, image_shape, latent_dim, hidden=(256, 512), params_per_pixel=1, activation="SiLU"):
         super().__init__()
-        self.image_shape = _check_shape(image_shape)
+        self.image_shape = image_shape_of(image_shape)
         c, h, w = self.image_shape
         self.out_shape = (params_per_pixel * c, h, w)
-        self.hidden = [int(h) for h in hidden]
+        self.hidden = _widths(hidden)
         self.activation = activation
-        self.net = _mlp([int(latent_dim), *self.hidden, math.prod(self.out_shape)], _activation(activation))
+        self.net = _mlp([positive_int("latent_dim", latent_dim, MAX_LATENT_DIM), *self.hidden, math.prod(self.out_shape)],
+                        _activation(activation))
 
     def config(self):
         return {"hidden": self.hidden, "activation": self.activation}
@@ -120,7 +117,8 @@ class MLPDecoder(nn.Module):
 class ConvEncoder(nn.Module):
     """Convolutional q(z|x) network: two stride-2 convolutions, then a linear layer.
 
-    :param tuple image_shape: ``(C, H, W)``; H and W are padded up to a multiple of 4 internally.
+    :param tuple image_shape: ``(C, H, W)``, H and W at least 4 (each convolution halves them, rounding
+        down); any size works, the linear layer takes whatever the convolutions leave.
     :param int latent_dim: size of z.
     :param int channels: channels of the first convolution (the second has twice as many).
     :param int hidden: width of the linear layer.
@@ -128,8 +126,11 @@ class ConvEncoder(nn.Module):
 
     def __init__(self, image_shape, latent_dim, channels=32, hidden=256):
         super().__init__()
-        self.image_shape = _check_shape(image_shape)
+        self.image_shape = image_shape_of(image_shape)
         c, h, w = self.image_shape
+        _check_conv_size(self.image_shape, "ConvEncoder")
+        latent_dim = positive_int("latent_dim", latent_dim, MAX_LATENT_DIM)
+        channels, hidden = positive_int("channels", channels, MAX_WIDTH), positive_int("hidden", hidden, MAX_WIDTH)
         self.conv = nn.Sequential(
             nn.Conv2d(c, channels, 4, stride=2, padding=1), nn.SiLU(),
             nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1), nn.SiLU(),
@@ -146,7 +147,7 @@ class ConvEncoder(nn.Module):
     def forward(self, x):
         """:param x: images ``(..., C, H, W)``. :returns: ``(loc, scale)``, each ``(..., latent_dim)``."""
         loc, raw_scale = self.head(_run_batched(self.conv, x, 3)).chunk(2, dim=-1)
-        return loc, _positive(raw_scale)
+        return loc, positive(raw_scale)
 
 
 class ConvDecoder(nn.Module):
@@ -159,8 +160,11 @@ class ConvDecoder(nn.Module):
 
     def __init__(self, image_shape, latent_dim, params_per_pixel=1, channels=32, hidden=256):
         super().__init__()
-        self.image_shape = _check_shape(image_shape)
+        self.image_shape = image_shape_of(image_shape)
         c, h, w = self.image_shape
+        _check_conv_size(self.image_shape, "ConvDecoder")
+        latent_dim = positive_int("latent_dim", latent_dim, MAX_LATENT_DIM)
+        channels, hidden = positive_int("channels", channels, MAX_WIDTH), positive_int("hidden", hidden, MAX_WIDTH)
         self.out_shape = (params_per_pixel * c, h, w)
         self.start = (2 * channels, -(-h // 4), -(-w // 4))
         self.head = nn.Sequential(nn.Linear(int(latent_dim), hidden), nn.SiLU(),

@@ -5,15 +5,20 @@ Every function builds a :class:`matplotlib.figure.Figure` directly instead of go
 needs a display backend. Each returns the figure and, when ``path`` is given, also writes it as a PNG.
 
 The VAE is duck-typed; it needs ``image_shape``, ``latent_dim``, ``device`` and the methods
-``encode``, ``generate``, ``reconstruct`` and ``sample`` (see :mod:`pyro_vae.model`).
+``encode``, ``generate``, ``reconstruct`` and ``sample`` (see :mod:`pyro_vae.model`). Interpolations and
+traversals move along the model's *top* latent variable (``top_dim``, ``top_codes``, ``decode_top``: z for
+the one-layer models, z2 for :class:`~pyro_vae.extended.HierarchicalVAE`); a model without those methods
+is taken to have z as its top latent (``latent_dim``, ``encode(x)[0]``, ``generate``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -22,9 +27,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid
 
-from pyro_vae.errors import ConfigError
-from pyro_vae.evaluate import encoder_takes_labels
-from pyro_vae.model import VAE
+from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.model import VAE, uses_labels
 from pyro_vae.priors import StandardNormal
 
 __all__ = [
@@ -35,6 +39,8 @@ __all__ = [
     "latent_manifold",
     "latent_scatter",
     "curves",
+    "interpolation",
+    "traversal",
     "save_all",
 ]
 
@@ -43,6 +49,13 @@ _DPI = 100
 _ENCODE_BATCH = 512
 # Integer labels with at most this many distinct values get one colour each and a legend.
 _MAX_CLASSES = 20
+# Traversals show at most this many latent dimensions (rows) when they choose the dimensions themselves.
+_MAX_TRAVERSAL_ROWS = 10
+# Activity (variance of the posterior means) is measured on at most this many images: enough to rank
+# dimensions, and cheap even for a conditional VAE that has to classify every unlabelled image.
+_ACTIVITY_IMAGES = 1000
+# Draws from a prior that is not N(0, I), to estimate its marginal quantiles or standard deviations.
+_PRIOR_DRAWS = 20000
 
 
 def _save(fig: Figure, path) -> None:
@@ -121,7 +134,7 @@ def reconstructions(vae, x, n: int = 8, path=None, labels=None) -> Figure:
     """
     x = torch.as_tensor(x)[:n]
     with torch.no_grad():
-        if labels is not None and encoder_takes_labels(vae):
+        if labels is not None and uses_labels(vae):
             recon = vae.reconstruct(x.to(vae.device), torch.as_tensor(labels)[:n].to(vae.device)).cpu()
         else:
             recon = vae.reconstruct(x.to(vae.device)).cpu()
@@ -205,7 +218,7 @@ def _encode_means(vae, images, labels=None) -> torch.Tensor:
     """Posterior means ``(N, latent_dim)`` on the CPU, encoded in batches, given ``labels`` where the
     model conditions on them. (For a flow posterior such as IAF, the mean of its base Normal.)"""
     images = torch.as_tensor(images)
-    with_labels = labels is not None and encoder_takes_labels(vae)
+    with_labels = labels is not None and uses_labels(vae)
     ys = torch.as_tensor(labels)[: len(images)].split(_ENCODE_BATCH) if with_labels else None
     means = []
     with torch.no_grad():
@@ -317,11 +330,438 @@ def curves(history, path=None) -> Figure:
     return _finish(fig, path)
 
 
+# --- moving through the top latent: interpolation and traversal ------------------------------------
+
+
+@contextlib.contextmanager
+def _seeded(vae, seed: int = 0):
+    """No autograd, and random draws (a conditional VAE's importance-sampled classifier, draws from a prior)
+    from a fixed seed on a forked stream: pictures are reproducible and the caller's random state is untouched."""
+    with torch.no_grad(), _forked_rng(vae):
+        torch.manual_seed(seed)
+        yield
+
+
+def _top_dim(vae) -> int:
+    return int(vae.top_dim) if hasattr(vae, "top_dim") else int(vae.latent_dim)
+
+
+def _top_name(vae) -> str:
+    """How pictures name the top latent: z2 in a two-layer hierarchy, z otherwise."""
+    return "z2" if hasattr(vae, "latent_dims") else "z"
+
+
+def _top_codes(vae, x, y=None) -> torch.Tensor:
+    """Top posterior means ``(N, top_dim)`` of images ``x`` ``(N, C, H, W)``; ``y`` reaches only models that use
+    labels (``None`` or -1 entries: the model classifies those images)."""
+    if not hasattr(vae, "top_codes"):
+        return vae.encode(x)[0]
+    return vae.top_codes(x, y) if uses_labels(vae) else vae.top_codes(x)
+
+
+def _decode_top(vae, z, y=None) -> torch.Tensor:
+    """Mean images ``(..., C, H, W)`` of top codes ``z`` ``(..., top_dim)``, under ``y`` where the model uses labels."""
+    if not hasattr(vae, "decode_top"):
+        return vae.generate(z)
+    return vae.decode_top(z, y) if uses_labels(vae) else vae.decode_top(z)
+
+
+def _count(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _image_batch(vae, x, what: str, limit: int | None = None) -> torch.Tensor:
+    """``x`` as a float32 CPU batch ``(N, C, H, W)``: one image ``(C, H, W)`` becomes a batch of one, and only
+    the first ``limit`` images are kept.
+
+    :raises DataError: if the images are not of the model's ``image_shape``, or there are none.
+    """
+    x = torch.as_tensor(x)
+    expected = tuple(vae.image_shape)
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+        got = tuple(x.shape[1:]) if x.dim() == 4 else tuple(x.shape)
+        raise DataError(f"{what} has images of shape {got} but the model takes {expected}; pass one image "
+                        f"(C, H, W) or a batch (N, C, H, W) of that shape")
+    if len(x) == 0:
+        raise DataError(f"{what} is an empty batch; pass at least one image")
+    return x[:limit].detach().cpu().float()
+
+
+def _checked_labels(vae, n: int, y):
+    """``y`` as int64 labels ``(n,)`` on the CPU, -1 where unknown, or ``None`` for a model that ignores labels.
+
+    :param y: an int (the same class for all ``n`` images), labels ``(n,)``, or ``None`` (all unknown).
+    :raises ConfigError: for labels that are not integers or outside ``-1 .. num_classes - 1``.
+    :raises DataError: for a number of labels other than ``n``.
+    """
+    if not uses_labels(vae):
+        return None
+    if y is None:
+        return torch.full((n,), -1, dtype=torch.int64)
+    y = torch.as_tensor(y).detach().cpu()
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ConfigError(f"labels y must be integer classes, got {y.dtype}")
+    y = y.expand(n) if y.dim() == 0 else y
+    if tuple(y.shape) != (n,):
+        raise DataError(f"labels y have shape {tuple(y.shape)} for {n} images; pass one label, or one per image")
+    y = y.to(torch.int64).clone()
+    num_classes = getattr(vae, "num_classes", None)
+    bad = (y < -1) | ((y >= num_classes) if num_classes is not None else False)
+    if bad.any():
+        valid = f"0..{num_classes - 1}" if num_classes is not None else "0 and above"
+        raise ConfigError(f"label {int(y[bad][0])} is out of range: labels y lie in {valid}, or -1 to let the "
+                          f"model classify the image")
+    return y
+
+
+def _classified(vae, x, labels):
+    """``labels`` with the unknown (-1) ones replaced by the class the model gives their image (``vae.classify``);
+    call under :func:`_seeded` (a conditional VAE's classifier samples)."""
+    if labels is None or not (labels < 0).any():
+        return labels
+    if not hasattr(vae, "classify"):
+        raise ConfigError(f"{type(vae).__name__} conditions on labels but cannot classify images; pass y=")
+    labels = labels.clone()
+    unknown = labels < 0
+    labels[unknown] = vae.classify(x[unknown].to(vae.device)).cpu()
+    return labels
+
+
+def _fractions(steps: int) -> torch.Tensor:
+    """``steps`` evenly spaced fractions from 0 to 1 inclusive; one step is the midpoint."""
+    return torch.linspace(0.0, 1.0, steps) if steps > 1 else torch.tensor([0.5])
+
+
+def _perpendicular(u: torch.Tensor) -> torch.Tensor:
+    """A unit vector orthogonal to each unit vector ``u`` ``(..., D)``: the coordinate axis least aligned with it,
+    made orthogonal; zero when ``D == 1``, where none exists."""
+    k = u.abs().argmin(dim=-1, keepdim=True)
+    v = torch.zeros_like(u).scatter_(-1, k, 1.0) - u.gather(-1, k) * u
+    norm = v.norm(dim=-1, keepdim=True)
+    # |v|^2 = 1 - u_k^2 >= 1 - 1/D for the least aligned axis, so it is only ever small for D == 1
+    return torch.where(norm > 0.5, v / norm.clamp_min(1e-12), torch.zeros_like(v))
+
+
+def _interpolate_codes(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor, spherical: bool = False) -> torch.Tensor:
+    """Codes on the path from ``a`` to ``b``.
+
+    Linear: ``(1 - t) a + t b``. Spherical (slerp): the direction turns from ``a/|a|`` to ``b/|b|`` along the
+    great circle at constant angular speed while the length changes linearly from ``|a|`` to ``|b|`` (for codes
+    of equal length, the usual slerp). Codes pointing the same way give the straight line, which is the limit
+    of the circle; opposite codes have no single great circle, so the path turns through a fixed direction
+    perpendicular to ``a`` (see :func:`_perpendicular`); a zero code, or opposite codes in 1-D, fall back to the line.
+
+    :param a: start codes ``(N, D)``.
+    :param b: end codes ``(N, D)``.
+    :param t: fractions ``(T,)``: 0 gives ``a``, 1 gives ``b``.
+    :param spherical: slerp instead of the straight line.
+    :return: codes ``(N, T, D)``.
+    """
+    t = t.to(a)[:, None]                    # (T, 1), against codes (N, 1, D)
+    a, b = a[:, None, :], b[:, None, :]
+    linear = a + t * (b - a)
+    if not spherical:
+        return linear
+    tiny = 1e-6
+    len_a, len_b = a.norm(dim=-1, keepdim=True), b.norm(dim=-1, keepdim=True)
+    ua, ub = a / len_a.clamp_min(tiny), b / len_b.clamp_min(tiny)
+    cos = (ua * ub).sum(-1, keepdim=True).clamp(-1.0, 1.0)
+    across = ub - cos * ua                  # the part of b's direction orthogonal to a's; its length is sin(angle)
+    sin = across.norm(dim=-1, keepdim=True)
+    angle = torch.atan2(sin, cos)           # accurate near 0 and pi, unlike acos
+    flat = sin < tiny
+    opposite = flat & (cos < 0)
+    turn = _perpendicular(ua)
+    # the unit vector a's direction turns towards; irrelevant (zero) for parallel codes, where the angle is 0
+    u = torch.where(flat, torch.where(opposite, turn, torch.zeros_like(across)), across / sin.clamp_min(tiny))
+    angle = torch.where(flat, torch.where(opposite, torch.full_like(angle, math.pi), torch.zeros_like(angle)), angle)
+    path = ((1 - t) * len_a + t * len_b) * (torch.cos(t * angle) * ua + torch.sin(t * angle) * u)
+    degenerate = (len_a < tiny) | (len_b < tiny) | (opposite & (turn.norm(dim=-1, keepdim=True) < 0.5))
+    return torch.where(degenerate, linear, path)
+
+
+class _Interpolation(NamedTuple):
+    inputs_a: torch.Tensor       # (N, C, H, W) the start images, CPU
+    inputs_b: torch.Tensor       # (N, C, H, W) the end images
+    images: torch.Tensor         # (N, T, C, H, W) decoded path
+    fractions: torch.Tensor      # (T,) where along the path each column is
+    labels: torch.Tensor | None  # (N,) the label each row is decoded under, None for label-free models
+
+
+def _interpolation_frames(vae, x_a, x_b, steps=10, spherical=False, y=None) -> _Interpolation:
+    """The images :func:`interpolation` shows, as tensors (also used by :mod:`pyro_vae.explorer`)."""
+    steps = _count("steps", steps)
+    x_a, x_b = _image_batch(vae, x_a, "x_a"), _image_batch(vae, x_b, "x_b")
+    if len(x_a) != len(x_b):
+        raise DataError(f"x_a has {len(x_a)} images but x_b has {len(x_b)}; pass as many of each (one pair per row)")
+    t = _fractions(steps)
+    device = vae.device
+    with _seeded(vae):
+        labels = _classified(vae, x_a, _checked_labels(vae, len(x_a), y))
+        y_dev = None if labels is None else labels.to(device)
+        # both ends under the same label, so the whole row is one class and only the style moves
+        a, b = _top_codes(vae, x_a.to(device), y_dev), _top_codes(vae, x_b.to(device), y_dev)
+        codes = _interpolate_codes(a, b, t.to(device), spherical)                   # (N, T, top_dim)
+        images = _decode_top(vae, codes, None if y_dev is None else y_dev[:, None]).cpu()
+    return _Interpolation(x_a, x_b, images, t, labels)
+
+
+def _label_tiles(ax, image_shape, columns: dict, rows: dict, padding: int = 2) -> None:
+    """Tick labels at tile centres of an :func:`image_grid` image; ``columns``/``rows`` map a tile index to its text."""
+    _, h, w = image_shape
+    ax.set_axis_on()
+    ax.set_xticks([padding + i * (w + padding) + (w - 1) / 2 for i in columns], list(columns.values()),
+                  fontsize="small")
+    ax.set_yticks([padding + i * (h + padding) + (h - 1) / 2 for i in rows], list(rows.values()), fontsize="small")
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def interpolation(vae, x_a, x_b, steps: int = 10, spherical: bool = False, y=None, path=None) -> Figure:
+    """Decode the path between the top posterior means of two images.
+
+    Each row shows ``x_a``, then ``steps`` decoded points at evenly spaced fractions ``t`` from 0 to 1 (so the
+    first and last are the decoded codes of ``x_a`` and ``x_b``; ``steps=1`` decodes the midpoint), then
+    ``x_b``. Batches of images give one row per pair ``(x_a[i], x_b[i])``. The top latent is z (z2 for the
+    hierarchical VAE, decoded through the mean of p(z1|z2)).
+
+    Models that use labels decode a whole row, and encode both its ends, under one fixed label: ``y`` when
+    given, else (or for entries -1) the class the model assigns to ``x_a`` (``vae.classify``: M2's classifier,
+    the conditional VAE's importance-sampled Bayes rule, with a fixed seed). Other models ignore ``y``.
+
+    :param vae: the VAE.
+    :param x_a: start image ``(C, H, W)`` or images ``(N, C, H, W)``.
+    :param x_b: end image(s), shaped like ``x_a``.
+    :param steps: number of decoded points per row, at least 1.
+    :param spherical: interpolate spherically (slerp about the origin: the direction turns along a great
+        circle while the length changes linearly) instead of along the straight line; codes pointing in
+        opposite directions turn through a fixed perpendicular direction.
+    :param y: label for models that use labels: an int, labels ``(N,)``, or ``None``.
+    :param path: where to write a PNG, or ``None``.
+    :return: the figure; its image is the :func:`image_grid` of ``N`` rows of ``steps + 2`` tiles.
+    :raises DataError: images of a shape other than ``vae.image_shape``, or unequal numbers of them.
+    :raises ConfigError: ``steps < 1``, or a label out of range.
+    """
+    result = _interpolation_frames(vae, x_a, x_b, steps, spherical, y)
+    t = result.images.shape[1]
+    dtype = result.images.dtype
+    rows = torch.cat([result.inputs_a[:, None].to(dtype), result.images, result.inputs_b[:, None].to(dtype)], dim=1)
+    grid = image_grid(rows.flatten(0, 1), nrow=t + 2)
+    kind = "Spherical" if spherical else "Linear"
+    fig, ax = _grid_figure(grid, f"{kind} interpolation between posterior means of {_top_name(vae)}")
+    every = max(1, math.ceil(t / 8))   # a tick per column would crowd long rows
+    columns = {0: "x_a", **{1 + i: f"{float(f):.2g}" for i, f in enumerate(result.fractions)
+                            if i % every == 0 or i == t - 1}, t + 1: "x_b"}
+    rows = {} if result.labels is None else {i: f"y={int(c)}" for i, c in enumerate(result.labels)}
+    _label_tiles(ax, vae.image_shape, columns, rows)
+    ax.set_xlabel("t (fraction of the way from x_a to x_b)")
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def _top_prior_draws(vae):
+    """Draws ``(_PRIOR_DRAWS, top_dim)`` (CPU) from the top latent's prior ``vae.prior()``, or ``None`` when its
+    marginals are known exactly: N(0, I), which is also assumed for a model without a ``prior`` to draw from.
+    Call under :func:`_seeded`."""
+    prior = getattr(vae, "prior", None)
+    if prior is None or isinstance(prior, StandardNormal):
+        return None
+    return prior().sample((_PRIOR_DRAWS,)).cpu()
+
+
+def _top_prior_scale(vae) -> torch.Tensor:
+    """Marginal standard deviation ``(top_dim,)`` of each coordinate of the top latent under its prior."""
+    draws = _top_prior_draws(vae)
+    return torch.ones(_top_dim(vae)) if draws is None else draws.std(dim=0)
+
+
+def _top_prior_quantiles(vae, probs) -> torch.Tensor:
+    """Quantiles ``(len(probs), top_dim)`` of each coordinate of the top latent under its prior."""
+    draws = _top_prior_draws(vae)
+    if draws is None:
+        return torch.distributions.Normal(0.0, 1.0).icdf(probs)[:, None].expand(-1, _top_dim(vae))
+    return torch.quantile(draws, probs, dim=0)
+
+
+def _activity(vae, images, labels) -> torch.Tensor | None:
+    """Variance over ``images`` ``(N, C, H, W)`` of each top posterior mean, ``(top_dim,)`` (as in
+    :func:`pyro_vae.evaluate.active_units`), or ``None`` for fewer than two images. ``labels`` ``(N,)`` (-1 or
+    ``None``: classified by the model) reach only models that use labels."""
+    if len(images) < 2:
+        return None
+    if labels is not None:
+        labels = torch.as_tensor(labels).cpu()[: len(images)]
+        if len(labels) != len(images):
+            raise DataError(f"data has {len(images)} images but {len(labels)} labels")
+    codes = []
+    for i, batch in enumerate(images.split(_ENCODE_BATCH)):
+        y = None if labels is None else labels[i * _ENCODE_BATCH : (i + 1) * _ENCODE_BATCH].to(vae.device)
+        codes.append(_top_codes(vae, batch.to(vae.device), y).cpu())
+    return torch.cat(codes).var(dim=0)
+
+
+def _check_dims(dims, top: int, name: str) -> list[int]:
+    """``dims`` (an int, or a sequence of ints) as a list of dimensions of a ``top``-dimensional latent."""
+    items = dims.tolist() if isinstance(dims, (torch.Tensor, np.ndarray)) else dims
+    if isinstance(items, (int, np.integer)) and not isinstance(items, bool):
+        items = [items]
+    try:
+        items = list(items)
+    except TypeError:
+        items = []
+    if not items or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 0 <= d < top
+                        for d in items):
+        raise ConfigError(f"dims must be dimensions of the top latent {name}, integers in 0..{top - 1}, "
+                          f"got {dims!r:.80}")
+    return [int(d) for d in items]
+
+
+class _Traversal(NamedTuple):
+    images: torch.Tensor            # (R, T, C, H, W): row r moves coordinate dims[r]
+    dims: list                      # the R dimensions shown
+    offsets: torch.Tensor           # (T,) offsets from the start code, in prior standard deviations
+    scale: torch.Tensor             # (top_dim,) prior marginal standard deviation of each coordinate
+    start: torch.Tensor             # (top_dim,) the code the traversal starts from
+    activity: torch.Tensor | None   # (top_dim,) variance of the top posterior means, None with < 2 images
+    label: int | None               # the label every image is decoded under, None for label-free models
+
+
+def _traversal_frames(vae, x, dims=None, span=3.0, steps=9, y=None, data_images=None, data_labels=None) -> _Traversal:
+    """The images :func:`traversal` shows, as tensors (also used by :mod:`pyro_vae.explorer`)."""
+    steps = _count("steps", steps)
+    if isinstance(span, bool) or not isinstance(span, (int, float, np.number)) or not math.isfinite(span) or span <= 0:
+        raise ConfigError(f"span must be a positive number of prior standard deviations, got {span!r}")
+    x = _image_batch(vae, x, "x")
+    top = _top_dim(vae)
+    if dims is not None:
+        dims = _check_dims(dims, top, _top_name(vae))
+    labels = _checked_labels(vae, len(x), y)
+    if data_images is not None:
+        data_images = _image_batch(vae, data_images, "data", limit=_ACTIVITY_IMAGES)
+    else:
+        data_images, data_labels = x[:_ACTIVITY_IMAGES], labels
+    device = vae.device
+    with _seeded(vae):
+        activity = _activity(vae, data_images, data_labels)
+        label = _classified(vae, x[:1], None if labels is None else labels[:1])
+        start = _top_codes(vae, x[:1].to(device), None if label is None else label.to(device))[0].cpu()
+        scale = _top_prior_scale(vae)
+        if dims is None:
+            # most active first; a stable sort keeps index order among ties (all of them with one image)
+            order = torch.arange(top) if activity is None else torch.argsort(activity, descending=True, stable=True)
+            dims = order[:_MAX_TRAVERSAL_ROWS].tolist()
+        offsets = torch.linspace(-float(span), float(span), steps) if steps > 1 else torch.zeros(1)
+        codes = start.expand(len(dims), steps, top).clone()
+        for row, d in enumerate(dims):
+            codes[row, :, d] += offsets * scale[d]
+        label = None if label is None else int(label[0])
+        images = _decode_top(vae, codes.to(device), label).cpu()
+    return _Traversal(images, dims, offsets, scale, start, activity, label)
+
+
+def _data_parts(data):
+    """``(images, labels)`` of ``data``: a dataset with ``images`` (and ``labels``), a tensor of images, or ``None``."""
+    if data is None:
+        return None, None
+    if hasattr(data, "images"):
+        return data.images, getattr(data, "labels", None)
+    return data, None
+
+
+def _traversal_figure(vae, result: _Traversal) -> Figure:
+    t = result.images.shape[1]
+    grid = image_grid(result.images.flatten(0, 1), nrow=t)
+    name = _top_name(vae)
+    decoded = "" if result.label is None else f", decoded as y={result.label}"
+    fig, ax = _grid_figure(grid, f"Traversal of {name} from one image's code{decoded}", inches=7.0)
+    every = max(1, math.ceil(t / 9))
+    columns = {i: f"{float(o):+.2g}" for i, o in enumerate(result.offsets) if i % every == 0 or i == t - 1}
+    rows = {i: f"{name}[{d}]" + ("" if result.activity is None else f"  var {float(result.activity[d]):.2f}")
+            for i, d in enumerate(result.dims)}
+    _label_tiles(ax, vae.image_shape, columns, rows)
+    ax.set_xlabel("offset from the image's code, in prior standard deviations")
+    fig.tight_layout()
+    return fig
+
+
+def traversal(vae, x, dims=None, span: float = 3.0, steps: int = 9, y=None, path=None, data=None) -> Figure:
+    """Decode the top code of an image with one coordinate at a time moved: one row per latent dimension.
+
+    The start is the top posterior mean of ``x`` (its first image, for a batch). Row ``r`` sets coordinate
+    ``d = dims[r]`` to ``start[d] + s * sd[d]`` for ``steps`` evenly spaced ``s`` from ``-span`` to ``+span``
+    (the middle column of an odd ``steps`` is the start itself) and leaves the others at the start. ``sd[d]``
+    is the prior's marginal standard deviation of coordinate ``d``: 1 for N(0, I), so the offsets are exactly
+    ``±span``; for any other prior, the standard deviation of 20,000 draws from ``vae.prior()`` with a fixed
+    seed, the caller's random state untouched. The top latent is z (z2 for the hierarchical VAE, decoded
+    through the mean of p(z1|z2)).
+
+    ``dims=None`` shows the most active dimensions, at most 10, most active first: activity is the variance of
+    the top posterior means over ``data`` (its first 1,000 images) when given, else over the batch ``x``. Each
+    row is labelled with its dimension and, with two images or more to measure it on, its activity.
+
+    Models that use labels decode every image under one label, that of the start image: ``y`` (an int for
+    all of ``x``, or labels ``(N,)``), or the model's classification of the image where ``y`` is ``None`` or
+    -1. Activity is measured with the labels of ``data`` when it has them (classified otherwise), or with
+    those of ``x``.
+
+    :param vae: the VAE.
+    :param x: image ``(C, H, W)`` or images ``(N, C, H, W)``.
+    :param dims: dimension indices of the top latent (an int or a sequence), or ``None``.
+    :param span: how far to move, in prior standard deviations either side of the start; positive.
+    :param steps: images per row, at least 1.
+    :param y: label(s) for models that use labels, as above.
+    :param path: where to write a PNG, or ``None``.
+    :param data: images to measure activity on: an :class:`~pyro_vae.data.ImageDataset` (its labels used) or a
+        tensor ``(M, C, H, W)``.
+    :return: the figure; its image is the :func:`image_grid` of ``len(dims)`` rows of ``steps`` tiles.
+    :raises ConfigError: a dimension that does not exist, ``steps < 1``, ``span <= 0``, a label out of range.
+    :raises DataError: images of a shape other than ``vae.image_shape``.
+    """
+    images, labels = _data_parts(data)
+    result = _traversal_frames(vae, x, dims, span, steps, y, images, labels)
+    return _finish(_traversal_figure(vae, result), path)
+
+
+def _pair(labels, n: int) -> tuple[int, int]:
+    """Indices of two images to interpolate between: the first, and the first of another known class (labels
+    ``(n,)``, -1 unknown), else the second (the first again when there is only one)."""
+    if labels is not None and n > 1:
+        labels = torch.as_tensor(labels).cpu()[:n]
+        if labels[0] >= 0:
+            other = ((labels != labels[0]) & (labels >= 0)).nonzero().flatten()
+            if len(other):
+                return 0, int(other[0])
+    return 0, min(1, n - 1)
+
+
+def _explorations(vae, images, labels, out_dir) -> dict:
+    """Write ``interpolation.png`` (between the two images :func:`_pair` picks) and ``traversal.png`` (from the
+    first image; activity over the first 1,000) into ``out_dir``; return ``{name: path}``."""
+    out_dir = Path(out_dir)
+    images = torch.as_tensor(images)
+    a, b = _pair(labels, len(images))
+    known = labels is not None and int(torch.as_tensor(labels)[a]) >= 0
+    y_a = int(torch.as_tensor(labels)[a]) if known else None    # the true label spares a conditional VAE's classifier
+    paths = {"interpolation": out_dir / "interpolation.png", "traversal": out_dir / "traversal.png"}
+    interpolation(vae, images[a], images[b], y=y_a, path=paths["interpolation"])
+    frames = _traversal_frames(vae, images[a], y=y_a, data_images=images, data_labels=labels)
+    _finish(_traversal_figure(vae, frames), paths["traversal"])
+    return paths
+
+
 def save_all(vae, train_images, train_labels, test_images, history, out_dir, *, test_labels=None) -> dict:
     """Write the standard set of figures into ``out_dir``.
 
     Reconstructions use the test images (train images if there are none). The latent scatter uses
-    whichever images have labels, preferring the test set; unlabelled test images otherwise.
+    whichever images have labels, preferring the test set; unlabelled test images otherwise. The
+    interpolation runs between the first of those reconstructed images and the first of another class
+    (the second image when labels are unknown), the traversal starts from that first image and ranks
+    dimensions by their activity over the first 1,000.
 
     :param vae: the VAE.
     :param train_images: training images ``(N, C, H, W)``.
@@ -330,7 +770,8 @@ def save_all(vae, train_images, train_labels, test_images, history, out_dir, *, 
     :param history: list of per-epoch dicts, as for :func:`curves`.
     :param out_dir: folder to write into (created if needed).
     :param test_labels: labels ``(M,)`` of the test images, or ``None``.
-    :return: dict mapping figure name (e.g. ``"samples"``) to the :class:`~pathlib.Path` written.
+    :return: dict mapping figure name (e.g. ``"samples"``, ``"interpolation"``, ``"traversal"``) to the
+        :class:`~pathlib.Path` written.
     """
     out_dir = Path(out_dir)
     paths = {name: out_dir / f"{name}.png" for name in ("reconstructions", "samples", "latent_scatter", "curves")}
@@ -350,4 +791,5 @@ def save_all(vae, train_images, train_labels, test_images, history, out_dir, *, 
     if vae.latent_dim == 2:
         paths["latent_manifold"] = out_dir / "latent_manifold.png"
         latent_manifold(vae, path=paths["latent_manifold"])
+    paths.update(_explorations(vae, eval_images, eval_labels, out_dir))
     return paths

@@ -1,80 +1,59 @@
 """``fit``: the one training loop, for every model/guide pair and every Pyro ELBO.
 
-The loop is plain PyTorch around a Pyro objective: ``loss(vae.model, vae.guide)`` is the ELBO as an
-``nn.Module`` whose forward pass returns a differentiable loss, and a ``torch.optim`` optimizer updates
-the VAE's parameters. This is the same auto-encoding variational Bayes step that ``SVI.step`` performs,
-but ``fit`` itself reads no loss back per step: losses stay on the device and are read once per epoch.
-(Pyro's ``Trace_ELBO.differentiable_loss`` still calls ``.item()`` on each site's log-density and checks
-the loss for NaN, so on a GPU a step still waits for the device inside Pyro.)
+The loop is plain PyTorch around a Pyro objective: ``loss(model, guide)`` is the ELBO as an ``nn.Module``
+whose forward pass returns a differentiable loss, and a ``torch.optim`` optimizer updates the VAE's
+parameters. This is the auto-encoding variational Bayes step that ``SVI.step`` performs, but ``fit`` reads
+no loss back per step: losses stay on the device and are read once per epoch. (Pyro's
+``Trace_ELBO.differentiable_loss`` still calls ``.item()`` on each site's log-density and checks the loss
+for NaN, so on a GPU a step still waits for the device inside Pyro.)
+
+Everything around the step — the KL weight, guards, test ELBO, schedules, early stopping, checkpoints,
+files, progress, logging — is a hook (:mod:`pyro_vae.hooks`); the run folder is a
+:class:`~pyro_vae.checkpoint.RunFolder` and the processes a :mod:`~pyro_vae.distributed` object.
 """
 
+import contextlib
 import copy
-import json
+import dataclasses
+import logging
 import math
-import os
+import numbers
 import time
+import warnings
 
 import torch
-from tqdm.auto import tqdm
 
 import pyro
 from pyro.infer import JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO, JitTraceMeanField_ELBO, Trace_ELBO
 from pyro.ops.jit import CompiledFunction
 
 from . import distributed as parallel
-from . import evaluate
-from .checkpoint import (CHECKPOINT, CONFIG, METRICS, load_checkpoint, load_json, load_state, save_checkpoint,
-                         save_json)
-from .errors import CheckpointError, ConfigError, TrainingError
-
+from . import evaluate, fast
+from . import hooks as hooks_module
+from .checkpoint import RunFolder, load_state
+from .distributed import resolve_device  # noqa: F401 (part of this module's interface since the start)
+from .errors import CheckpointError, ConfigError
+from .model import build_vae
+from .util import forked_rng, positive_int, positive_number
 
 #: Pyro's ELBOs that trace the model and guide once with ``torch.jit`` and replay the compiled graph
 JIT_ELBOS = (JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO, JitTraceMeanField_ELBO)
 
 
-def resolve_device(device="auto"):
-    """``"auto"`` -> CUDA when present, else CPU. Anything else is passed to ``torch.device``.
-
-    :raises ConfigError: CUDA requested on a machine without a GPU, or an unknown device string.
-    """
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("CUDA was requested but no GPU is available; use --device cpu (or auto)")
-    return device
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _rng_state(device, shuffle):
-    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state, device, shuffle):
-    torch.set_rng_state(state["torch"])
-    shuffle.set_state(state["shuffle"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+class RebuildWarning(UserWarning):
+    """A run's config.json cannot rebuild its model without help (a class or part of your own)."""
 
 
 def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, optimizer=None, seed=0,
         device="auto", checkpoint_dir=None, resume=False, overwrite=False, callback=None, progress=True,
-        clip_norm=None, beta=1.0, warmup=0, distributed=False, run_info=None):
+        clip_norm=None, beta=1.0, warmup=0, distributed=False, run_info=None, hooks=(), scheduler=None,
+        early_stopping=None, compile=False, eval_samples=1000, pictures=True):
     """Train ``vae`` by stochastic variational inference and return its per-epoch history.
 
     :param vae: a :class:`~pyro_vae.VAE` (or any module with ``model(x, y)``, ``guide(x, y)``,
         ``likelihood``, ``image_shape`` and ``config``).
-    :param train: :class:`~pyro_vae.data.ImageDataset` to train on (moved to the device once).
+    :param train: :class:`~pyro_vae.data.ImageDataset` to train on (moved to the device once); its
+        covariates, if any, reach model and guide as the keyword ``covariates``.
     :param test: optional dataset; its ELBO is computed after every epoch.
     :param int epochs: total number of epochs (a resumed run continues up to this number).
     :param int batch_size: images per step.
@@ -88,212 +67,422 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
     :param optimizer: callable ``params, lr -> torch.optim.Optimizer`` (default ``torch.optim.Adam``).
     :param int seed: seeds Pyro/PyTorch and the shuffling; equal seeds give equal runs.
     :param device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ... decided here, once.
-    :param str checkpoint_dir: if given, ``config.json`` and ``checkpoint.pt`` are written there after
-        every epoch (atomically), so an interrupted run loses at most the epoch in progress.
+    :param str checkpoint_dir: the run folder: ``config.json``, ``checkpoint.pt`` and ``metrics.json``
+        after every epoch (atomically, so an interrupted run loses at most the epoch in progress), the
+        final test scores and pictures at the end — what ``pyro-vae train`` writes. One process at a time.
     :param bool resume: continue from the checkpoint in ``checkpoint_dir``.
     :param bool overwrite: start afresh even if ``checkpoint_dir`` already holds a checkpoint.
     :param callback: called as ``callback(vae, record)`` after every epoch; returning ``True`` stops.
-    :param bool progress: show a tqdm progress bar.
+    :param bool progress: show progress bars (training, and the final evaluation).
     :param float clip_norm: clip the gradient norm to this value (off by default).
-    :param float beta: weight of the latent sites (``vae.kl_scale``), positive: ``beta > 1`` gives a
-        beta-VAE.
+    :param float beta: weight of every latent site of model and guide, positive: ``beta > 1`` gives a
+        beta-VAE, whatever sites the model has (see :class:`~pyro_vae.hooks.LatentWeight`).
     :param int warmup: KL warm-up: the weight grows linearly, ``beta * min(1, epoch / warmup)``.
         (Neither works with the JIT ELBOs, which freeze the weight in their compiled graph.)
     :param bool distributed: data-parallel training over the processes started by ``torchrun``
         (see :mod:`pyro_vae.distributed`); ``batch_size`` is per process, only rank 0 writes files.
     :param dict run_info: extra JSON-serialisable entries for ``config.json`` (e.g. data settings).
-        A resumed run must be given the same model, settings (all but ``epochs``) and ``run_info``
-        (all but its ``cli`` entry, the command line) as the run it continues: anything else raises
+        A resumed run must be given the same model, settings and ``run_info`` (but its ``cli`` entry, the
+        command line) as the run it continues; only ``epochs``, ``lr`` and ``clip_norm`` may change (the
+        changes are recorded in config.json). Anything else raises
         :class:`~pyro_vae.errors.CheckpointError` instead of silently mixing two runs in one folder.
+    :param hooks: your own :class:`~pyro_vae.hooks.Hook` objects, run after the built-in ones.
+    :param scheduler: ``optimizer -> torch.optim.lr_scheduler`` object, stepped after every epoch
+        (``ReduceLROnPlateau`` is fed the negative test ELBO); its state is in the checkpoint.
+    :param int early_stopping: stop when the test ELBO has not improved for this many epochs, and end with
+        the best epoch's weights (also saved as ``best.pt``); needs ``test``.
+    :param compile: the fast path for launch-bound steps (small networks, GPUs): ``True`` or ``"replay"``
+        traces ``Trace_ELBO``'s estimator, forward and backward, into one graph per batch shape and replays it
+        without Python from Pyro and without a single host-device synchronisation per step;
+        ``"compile"`` also compiles that graph with ``torch.compile`` (CUDA graphs on a GPU; a long
+        compilation first). The same estimator and the same random draws as ``Trace_ELBO``
+        (:func:`pyro_vae.fast.make_step`; measured in benchmarks/README.md). ``loss`` must be ``Trace_ELBO``.
+    :param int eval_samples: with ``checkpoint_dir`` and ``test``: importance samples K of the final log p(x)
+        written to metrics.json (0 skips it).
+    :param bool pictures: with ``checkpoint_dir``: write the standard pictures at the end.
     :returns: list of dicts, one per epoch: ``epoch``, ``train_elbo`` and ``test_elbo`` (nats per
-        datapoint; ``test_elbo`` is ``None`` without a test set) and ``seconds``. With ``beta != 1`` the
-        ``train_elbo`` entry is the weighted training objective, ``test_elbo`` the true ELBO.
+        datapoint; ``test_elbo`` is ``None`` without a test set) and ``seconds`` (plus what hooks add, e.g.
+        ``lr`` with a schedule). With ``beta != 1`` the ``train_elbo`` entry is the weighted training
+        objective, ``test_elbo`` the true ELBO.
 
-    Pyro's global param store is cleared at the start: the parameters live in ``vae`` itself, and
-    the torch optimizer updates them there. So while ``fit`` trains, ``vae.register_params`` is off
-    (``model``/``guide`` skip ``pyro.module``) unless the ELBO needs param sites (``loss_and_grads``
-    ELBOs such as ``RenyiELBO``, and the JIT ELBOs).
+    Pyro's global param store is cleared at the start: the parameters live in ``vae`` itself, and the torch
+    optimizer updates them there. So while ``fit`` trains, ``vae.register_params`` is off (``model``/``guide``
+    skip ``pyro.module``) unless the ELBO needs param sites (``loss_and_grads`` ELBOs such as
+    ``RenyiELBO``, and the JIT ELBOs).
     """
-    _positive_int("epochs", epochs)
-    _positive_int("batch_size", batch_size)
-    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise ConfigError(f"lr must be a positive number, got {lr!r}")
-    # Pyro's poutine.scale, which weights the latent sites, takes positive weights only
-    if not (isinstance(beta, (int, float)) and beta > 0 and math.isfinite(beta)):
-        raise ConfigError(f"beta must be a positive number, got {beta!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
-        # numpy, which pyro.set_rng_seed seeds too, takes these only
-        raise ConfigError(f"seed must be a whole number from 0 to {2 ** 32 - 1}, got {seed!r}")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ConfigError(f"warmup must be a non-negative number of epochs, got {warmup!r}")
-    if resume and checkpoint_dir is None:
-        raise ConfigError("resume=True needs checkpoint_dir (the run folder to resume from)")
-    if resume and overwrite:
-        raise ConfigError("resume (--resume) continues the run in the folder and overwrite (--overwrite) "
-                          "replaces it; pass only one")
-    if (beta != 1.0 or warmup) and not hasattr(vae, "kl_scale"):
-        raise ConfigError(f"beta and warmup weight the latent sites through the model's kl_scale, which "
-                          f"{type(vae).__name__} does not have; add a kl_scale attribute (see VAE) or drop them")
-    if distributed:
-        rank, world, device = parallel.init(device)
-    else:
-        rank, world, device = 0, 1, resolve_device(device)
-    main = rank == 0
-    evaluate.check_data(vae, train, "training")
-    evaluate.check_data(vae, test, "test")
-
-    # fit trains the module's own parameters; an earlier model registered under the same Pyro name would
-    # otherwise linger in the global param store (and confuse JitTrace_ELBO, which reads it)
-    pyro.clear_param_store()
-    # own noise (z samples, binarization) on every process (numpy, which Pyro seeds too, takes < 2**32) ...
-    pyro.set_rng_seed((seed + rank) % 2 ** 32)
-    shuffle = torch.Generator().manual_seed(seed)   # ... but one shared permutation, split by rank
-    shard = (rank, world) if distributed else None
-    vae.to(device)
-    if distributed:
-        parallel.broadcast_module(vae)       # identical starting weights everywhere
-    train = train.to(device)
-    test = test.to(device) if test is not None and main else None
-    opt = (optimizer or torch.optim.Adam)(vae.parameters(), lr=lr)
-    loss = loss if loss is not None else Trace_ELBO()
-    if isinstance(loss, JIT_ELBOS) and (beta != 1.0 or warmup):
-        raise ConfigError(f"{type(loss).__name__} compiles the KL weight into its graph once, so beta and warmup "
-                          f"would be ignored; use {type(loss).__name__[3:]} for beta or warmup")
-    if isinstance(loss, JIT_ELBOS):
-        loss = _without_compiled_graphs(loss)
-    step_loss = _loss_step(loss, vae)
-
-    history, start_epoch = [], 0
-    ckpt_path = os.path.join(checkpoint_dir, CHECKPOINT) if checkpoint_dir else None
-    settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "world_size": world,
-                "loss": type(loss).__name__, "clip_norm": clip_norm, "beta": beta, "warmup": warmup}
-    if ckpt_path:
-        if main:
-            _prepare_run_folder(checkpoint_dir, ckpt_path, vae, resume, overwrite, settings, run_info)
-        if distributed:
-            parallel.barrier()
-        if resume:
-            # on the CPU: the RNG states must stay there; load_state_dict puts weights and optimizer state
-            # on the parameters' device
-            state = load_checkpoint(ckpt_path, map_location="cpu")
-            load_state(vae, state["model"], ckpt_path)
-            opt.load_state_dict(state["optimizer"])
-            ranks = state.get("rng_ranks")
-            if ranks is not None and len(ranks) == world:
-                _set_rng_state(ranks[rank], device, shuffle)
-            else:
-                _set_rng_state(state["rng"], device, shuffle)
-                if rank:  # saved by a run of another size: the other ranks draw their own noise again
-                    torch.manual_seed((seed + rank + 1000 * int(state["epoch"])) % 2 ** 32)
-            history, start_epoch = list(state["history"]), int(state["epoch"])
-            if epochs < start_epoch:
-                # config.json would then claim fewer epochs than the checkpoint holds
-                raise CheckpointError(f"the run in {checkpoint_dir} has already trained {start_epoch} epochs; "
-                                      f"resume with epochs (--epochs) of at least {start_epoch}")
-        if main:
-            save_json({"vae": vae.config, "fit": settings, **(run_info or {})},
-                      os.path.join(checkpoint_dir, CONFIG))
-
-    steps_per_epoch = train.num_batches(batch_size, shard=shard)
-    images_per_epoch = math.ceil(len(train) / world) * world   # with the padding of shard
-    bar = tqdm(total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, unit="step",
-               desc="fit", disable=not (progress and main), dynamic_ncols=True)
-    vae.train()   # before a JIT ELBO traces: the graph keeps the mode it was traced in
-    registers = getattr(vae, "register_params", None)
+    settings = FitSettings.check(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, clip_norm=clip_norm,
+                                 beta=beta, warmup=warmup, loss=loss, scheduler=scheduler, test=test,
+                                 early_stopping=early_stopping, eval_samples=eval_samples, resume=resume,
+                                 overwrite=overwrite, checkpoint_dir=checkpoint_dir, compile=compile)
+    trainer = Trainer(vae, train, test, settings, parallel.processes(distributed, device), loss, optimizer)
+    trainer.hooks = hooks_module.Hooks(standard_hooks(settings, checkpoint_dir, progress, callback, eval_samples,
+                                                      pictures) + list(hooks))
     try:
-        if registers is not None and not _needs_param_sites(loss):
-            vae.register_params = False
-        _first_call_outside_the_run(step_loss, vae, train, batch_size, shard, device)
+        trainer.open_run(checkpoint_dir, resume, overwrite, run_info)
+        trainer.hooks.on_fit_start(trainer)
         # argument validation runs once per distribution object; in the hot loop it only costs time
         with pyro.validation_enabled(False):
-            for epoch in range(start_epoch + 1, epochs + 1):
-                started = time.perf_counter()
-                if hasattr(vae, "kl_scale"):
-                    vae.kl_scale = beta * min(1.0, epoch / warmup) if warmup else beta
-                # per-step losses stay on the device: reading them every step would sync a GPU each time
-                losses = []
-                for step, (x, y) in enumerate(train.batches(batch_size, generator=shuffle, shard=shard)):
-                    opt.zero_grad(set_to_none=True)
-                    losses.append(step_loss(x, y))
-                    if distributed:
-                        parallel.average_gradients(vae.parameters(), world)
-                    if clip_norm is not None:
-                        torch.nn.utils.clip_grad_norm_(vae.parameters(), clip_norm)
-                    opt.step()
-                    bar.update()
-                    if main and progress and step % 50 == 0:
-                        bar.set_postfix_str(f"epoch {epoch} loss/img {losses[step].item() / x.shape[0]:.2f}")
-                losses = torch.stack(losses).to(device)   # loss_and_grads ELBOs return host floats
-                if distributed:
-                    losses = parallel.all_sum(losses)
-                total = losses.sum().item()
-                kept = f"the checkpoint of epoch {history[-1]['epoch']} is kept; " if ckpt_path and history else ""
-                if not math.isfinite(total):
-                    bad = int((~torch.isfinite(losses)).nonzero()[0])
-                    raise TrainingError(f"the loss became {losses[bad].item()} at epoch {epoch}, step {bad + 1}; "
-                                        f"{kept}lower the learning rate (lr) or clip gradients (clip_norm)")
-                # the losses were computed before each step: the last step can still have broken the weights,
-                # and a checkpoint of them would fail again on resume
-                if not bool(torch.stack([p.detach().isfinite().all() for p in vae.parameters()]).all()):
-                    raise TrainingError(f"the weights became NaN or infinite in epoch {epoch}; {kept}"
-                                        f"lower the learning rate (lr) or clip gradients (clip_norm)")
-                record = {"epoch": epoch, "train_elbo": -total / images_per_epoch, "test_elbo": None}
-                if test is not None:
-                    record["test_elbo"] = evaluate.elbo(vae, test)["elbo"]
-                record["seconds"] = time.perf_counter() - started
-                if distributed:
-                    record = parallel.share(record)
-                history.append(record)
-                bar.set_postfix_str(f"epoch {epoch} train ELBO {record['train_elbo']:.2f}"
-                                    + ("" if record["test_elbo"] is None else f" test ELBO {record['test_elbo']:.2f}"))
-                if ckpt_path:
-                    rng = _rng_state(device, shuffle)
-                    # every rank's own noise, so that a resumed data-parallel run is exact too
-                    ranks = parallel.gather(rng) if distributed else None
-                    if main:
-                        save_checkpoint({"format": 1, "epoch": epoch, "model": vae.state_dict(),
-                                         "optimizer": opt.state_dict(), "rng": rng, "rng_ranks": ranks,
-                                         "history": history, "config": vae.config}, ckpt_path)
-                if callback is not None:
-                    # the checkpoint holds the random state from before the callback: a callback that draws
-                    # (sampling pictures, say) must not shift the stream, or a resumed run would differ
-                    with _forked_rng(device):
-                        stop = callback(vae, record)
-                    if stop:
-                        break
+            trainer.prime()
+            for trainer.epoch in range(trainer.epochs_done + 1, settings.epochs + 1):
+                if trainer.stop:
+                    break
+                trainer.hooks.on_epoch_start(trainer)
+                trainer.begin_epoch()
+                for x, y, inputs in trainer.batches():
+                    trainer.optimizer.zero_grad(set_to_none=True)
+                    trainer.losses.append(trainer.step(x, y, inputs))
+                    trainer.processes.average_gradients(trainer.parameters)
+                    if settings.clip_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(trainer.parameters, settings.clip_norm)
+                    trainer.optimizer.step()
+                    trainer.hooks.on_step_end(trainer)
+                trainer.hooks.on_epoch_end(trainer, trainer.end_epoch())
+    except BaseException as error:
+        trainer.error = error
+        raise
     finally:
-        bar.close()
-        if registers is not None:
-            vae.register_params = registers
-    if distributed:
-        parallel.barrier()   # rank 0's last checkpoint is on disk before anyone moves on
-    return history
+        trainer.close()
+    return trainer.history
+
+
+def standard_hooks(settings, checkpoint_dir, progress, callback, eval_samples, pictures):
+    """The built-in hooks of a ``fit`` call, in the order they run."""
+    h = hooks_module
+    chosen = [h.KLWeight(settings.beta, settings.warmup) if settings.weighted else None,
+              h.FiniteGuard(), h.TestELBO(), h.History(),
+              h.ProgressBar() if progress else None,
+              h.LRSchedule(settings.scheduler_factory) if settings.scheduler_factory else None,
+              h.EarlyStopping(settings.early_stopping) if settings.early_stopping else None,
+              h.Checkpoint() if checkpoint_dir is not None else None,
+              h.RunFiles(eval_samples, pictures, progress) if checkpoint_dir is not None else None,
+              h.Callback(callback) if callback is not None else None]
+    return [hook for hook in chosen if hook is not None]
+
+
+@dataclasses.dataclass
+class FitSettings:
+    """The checked settings of one ``fit`` call; :meth:`recorded` is what config.json keeps of them."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    clip_norm: float
+    beta: float
+    warmup: int
+    loss: str
+    scheduler: str = None
+    early_stopping: int = None
+    compile: str = None
+    scheduler_factory: object = None
+    world_size: int = 1
+
+    @property
+    def weighted(self):
+        """Whether the latent sites carry a weight other than 1 in some epoch."""
+        return self.beta != 1.0 or self.warmup > 0
+
+    @classmethod
+    def check(cls, epochs, batch_size, lr, seed, clip_norm, beta, warmup, loss, scheduler, test, early_stopping,
+              eval_samples, resume, overwrite, checkpoint_dir, compile=False):
+        """Every argument checked here, each with a one-line :class:`ConfigError` naming it."""
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 32:
+            # numpy, which pyro.set_rng_seed seeds too, takes these only
+            raise ConfigError(f"seed must be a whole number from 0 to {2 ** 32 - 1}, got {seed!r}")
+        if isinstance(warmup, bool) or not isinstance(warmup, numbers.Integral) or warmup < 0:
+            raise ConfigError(f"warmup must be a non-negative number of epochs, got {warmup!r}")
+        if resume and checkpoint_dir is None:
+            raise ConfigError("resume=True needs checkpoint_dir (the run folder to resume from)")
+        if resume and overwrite:
+            raise ConfigError("resume (--resume) continues the run in the folder and overwrite (--overwrite) "
+                              "replaces it; pass only one")
+        loss = loss if loss is not None else Trace_ELBO()
+        # Pyro's poutine.scale, which weights the latent sites, takes positive weights only
+        settings = cls(epochs=positive_int("epochs", epochs), batch_size=positive_int("batch_size", batch_size),
+                       lr=positive_number("lr", lr), seed=int(seed), warmup=int(warmup),
+                       clip_norm=None if clip_norm is None else positive_number("clip_norm", clip_norm),
+                       beta=positive_number("beta", beta), loss=type(loss).__name__)
+        if isinstance(loss, JIT_ELBOS) and settings.weighted:
+            raise ConfigError(f"{type(loss).__name__} compiles the KL weight into its graph once, so beta and warmup "
+                              f"would be ignored; use {type(loss).__name__[3:]} for beta or warmup")
+        if scheduler is not None:
+            if not callable(scheduler):
+                raise ConfigError("scheduler must be a function optimizer -> lr_scheduler, e.g. "
+                                  "lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=50)")
+            settings.scheduler_factory = scheduler
+            settings.scheduler = getattr(scheduler, "name", None) or getattr(scheduler, "__name__", "custom")
+        if early_stopping is not None:
+            settings.early_stopping = positive_int("early_stopping", early_stopping)
+            if test is None:
+                raise ConfigError("early stopping (--early-stopping) watches the test ELBO, but there is no test "
+                                  "set; pass test=... or drop early_stopping")
+        if isinstance(eval_samples, bool) or not isinstance(eval_samples, numbers.Integral) or eval_samples < 0:
+            raise ConfigError(f"eval_samples must be a non-negative whole number, got {eval_samples!r}")
+        if compile not in (False, None, True) + fast.MODES:
+            raise ConfigError(f"compile must be True, False or one of {', '.join(fast.MODES)}, got {compile!r}")
+        if compile:
+            settings.compile = "replay" if compile is True else compile
+            fast.check_elbo(loss)
+        return settings
+
+    def recorded(self):
+        """The settings config.json records (the options left at their defaults are left out, so that runs
+        written before they existed still resume)."""
+        out = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
+               "world_size": self.world_size, "loss": self.loss, "clip_norm": self.clip_norm, "beta": self.beta,
+               "warmup": self.warmup}
+        for key in ("scheduler", "early_stopping", "compile"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+
+class Trainer:
+    """The state of one ``fit`` call, which the loop drives and the hooks read and change.
+
+    Attributes hooks use: ``vae``, ``optimizer``, ``parameters``, ``train``, ``test`` (``None`` on processes
+    other than rank 0), ``settings``, ``processes``, ``device``, ``run`` (the :class:`~pyro_vae.checkpoint.RunFolder`
+    or ``None``), ``history``, ``epoch``, ``epochs_done`` (before this call), ``losses`` (this epoch's per-step
+    loss tensors so far), ``epoch_losses`` (all of them, after the epoch), ``kl_weight``, ``stop``, ``error``,
+    ``best_epoch``, ``hooks``.
+    """
+
+    def __init__(self, vae, train, test, settings, processes, loss, optimizer):
+        evaluate.check_data(vae, train, "training")
+        evaluate.check_data(vae, test, "test")
+        self.vae, self.settings, self.processes = vae, settings, processes
+        self.device = processes.device
+        settings.world_size = processes.world_size
+        # fit trains the module's own parameters; an earlier model registered under the same Pyro name would
+        # otherwise linger in the global param store (and confuse JitTrace_ELBO, which reads it)
+        pyro.clear_param_store()
+        # own noise (z samples, binarization) on every process (numpy, which Pyro seeds too, takes < 2**32) ...
+        pyro.set_rng_seed((settings.seed + processes.rank) % 2 ** 32)
+        self.shuffle = torch.Generator().manual_seed(settings.seed)   # ... but one shared permutation, split by rank
+        vae.to(self.device)
+        processes.broadcast_module(vae)       # identical starting weights everywhere
+        self.train = train.to(self.device)
+        self.test = test.to(self.device) if test is not None and processes.is_main else None
+        self.parameters = list(vae.parameters())
+        self.optimizer = (optimizer or torch.optim.Adam)(self.parameters, lr=settings.lr)
+        loss = loss if loss is not None else Trace_ELBO()
+        self.elbo = _without_compiled_graphs(loss) if isinstance(loss, JIT_ELBOS) else loss
+        self.kl_weight = hooks_module.LatentWeight(1.0)
+        if settings.compile:
+            self.step = _fast_step(self.elbo, vae, self.device, settings.compile,
+                                   self.kl_weight if settings.weighted else None)
+        else:
+            model, guide = vae.model, vae.guide
+            if settings.weighted:
+                model, guide = self.kl_weight(model), self.kl_weight(guide)
+            self.step = _loss_step(self.elbo, model, guide)
+        self.registers = getattr(vae, "register_params", None)
+        if self.registers is not None and not _needs_param_sites(self.elbo):
+            vae.register_params = False
+        self.batch_size = settings.batch_size
+        self.steps_per_epoch = self.train.num_batches(settings.batch_size, shard=processes.shard)
+        self.images_per_epoch = math.ceil(len(train) / processes.world_size) * processes.world_size
+        self.run, self.hooks, self._saved = None, None, {}
+        self.history, self.epochs_done, self.epoch = [], 0, 0
+        self.losses, self.epoch_losses, self.epoch_started = [], None, None
+        self.stop, self.error, self.best_epoch, self.test_scores = False, None, None, None
+
+    # --- the run folder ---------------------------------------------------------------------------
+
+    def open_run(self, folder, resume, overwrite, run_info):
+        """Take the run folder (rank 0), and restore the checkpoint's state on every process when resuming."""
+        if folder is None:
+            return
+        self.run = RunFolder(folder, main=self.processes.is_main)
+        config = {"vae": self.vae.config, "fit": self.settings.recorded(), **(run_info or {})}
+        problem = None
+        if self.processes.is_main:
+            try:
+                self.run.open(config, resume=resume, overwrite=overwrite)
+            except CheckpointError as e:
+                problem = e
+        problem = self.processes.share(problem)   # every process stops, not only rank 0
+        if problem is not None:
+            raise problem
+        if self.processes.is_main and not resume:
+            _warn_unless_rebuildable(self.vae)
+        if resume:
+            state = self.run.resumed_state if self.processes.is_main else self.run.load_checkpoint()
+            self._restore(state)
+
+    def _restore(self, state):
+        # on the CPU: the RNG states must stay there; load_state_dict puts weights and optimizer state on the
+        # parameters' device
+        load_state(self.vae, state["model"], self.run.file("checkpoint.pt"))
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise CheckpointError(f"the optimizer state in {self.run.path} does not fit this model or optimizer "
+                                  f"({' '.join(str(e).split())[:120]}); resume with the same optimizer") from None
+        if self.settings.scheduler is None:   # a changed lr applies from now on (a schedule sets its own)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.settings.lr
+        ranks = state.get("rng_ranks")
+        if ranks is not None and len(ranks) == self.processes.world_size:
+            self._set_rng_state(ranks[self.processes.rank])
+        else:
+            self._set_rng_state(state["rng"])
+            if self.processes.rank:  # saved by a run of another size: the other ranks draw their own noise again
+                torch.manual_seed((self.settings.seed + self.processes.rank + 1000 * state["epoch"]) % 2 ** 32)
+        self.history, self.epochs_done = list(state["history"]), state["epoch"]
+        self._saved = state.get("hooks", {})
+
+    def saved_state(self, name):
+        """The state a hook named ``name`` saved in the checkpoint this run resumes from (``{}`` if none)."""
+        return self._saved.get(name) or {}
+
+    def rng_state(self):
+        state = {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _set_rng_state(self, state):
+        torch.set_rng_state(state["torch"])
+        self.shuffle.set_state(state["shuffle"])
+        if self.device.type == "cuda" and "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"], self.device)
+
+    # --- epochs -----------------------------------------------------------------------------------
+
+    def prime(self):
+        """Call the ELBO once on one batch before the first step, with the random state put back afterwards.
+
+        Some ELBOs draw random numbers on their first call only: a JIT ELBO runs the model and guide twice
+        more to trace them, and a vectorized multi-particle ELBO (e.g. IWAE) or ``TraceEnum_ELBO`` runs them
+        once to find how deep their plates nest. A resumed run makes that first call again; made here,
+        outside the run's random stream, it leaves a resumed run equal to an uninterrupted one. The
+        gradients it leaves are cleared by the first step's ``zero_grad``; the optimizer has not moved.
+        The KL weight is 1 here, as a JIT graph freezes it (fit allows JIT ELBOs only with the weight 1).
+        """
+        self.vae.train()   # before a JIT ELBO traces: the graph keeps the mode it was traced in
+        self.kl_weight.value = 1.0
+        with forked_rng(self.device), _quiet_first_call():
+            # the batch too: dynamic binarization draws from the global random state
+            x, y, inputs = next(self.batches(torch.Generator().manual_seed(0)))
+            self.step(x, y, inputs)
+
+    def batches(self, generator=None):
+        """This process's batches of the epoch: ``(x, y, inputs)``, inputs the covariates keyword if any."""
+        data, shard = self.train, self.processes.shard
+        generator = generator if generator is not None else self.shuffle
+        if getattr(data, "covariates", None) is None:
+            for x, y in data.batches(self.batch_size, generator=generator, shard=shard):
+                yield x, y, {}
+        else:
+            for x, y, c in data.batches(self.batch_size, generator=generator, shard=shard, with_covariates=True):
+                yield x, y, {"covariates": c}
+
+    def begin_epoch(self):
+        self.epoch_started = time.perf_counter()
+        self.losses = []
+
+    def end_epoch(self):
+        """The epoch's record: its training objective, summed over every process's steps (one host read)."""
+        losses = torch.stack(self.losses).to(self.device)   # loss_and_grads ELBOs return host floats
+        self.epoch_losses = self.processes.all_sum(losses)
+        return {"epoch": self.epoch, "train_elbo": -self.epoch_losses.sum().item() / self.images_per_epoch,
+                "test_elbo": None}
+
+    @property
+    def epochs_trained(self):
+        return self.history[-1]["epoch"] if self.history else 0
+
+    def remedy(self):
+        """What to do after the loss or weights broke: resume from the last checkpoint with a smaller step."""
+        if self.run is not None and self.history:
+            return (f"the checkpoint of epoch {self.history[-1]['epoch']} is kept; lower the learning rate (lr, --lr) "
+                    f"or clip gradients (clip_norm, --clip-norm) and resume")
+        return "lower the learning rate (lr, --lr) or clip gradients (clip_norm, --clip-norm)"
+
+    def close(self):
+        try:
+            if self.hooks is not None:
+                self.hooks.on_fit_end(trainer=self)
+        finally:
+            if self.registers is not None:
+                self.vae.register_params = self.registers
+            if self.run is not None:
+                self.run.release()
+            if self.error is None:
+                self.processes.barrier()   # rank 0's last files are on disk before anyone moves on
+
+
+def _warn_unless_rebuildable(vae):
+    """Warn when ``pv.load_run`` could not rebuild ``vae`` from config.json by itself."""
+    try:
+        rebuilt = build_vae(vae.config)
+        same = {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in vae.state_dict().items()}
+        reason = None if same else "the rebuilt model's weights differ in names or shapes (does its config record " \
+                                   "every constructor argument?)"
+    except ConfigError as e:
+        reason = str(e)
+    except Exception as e:   # a user's class may fail in any way: this is advice, not a check
+        reason = f"{type(e).__name__}: {e}"
+    if reason:
+        name = type(vae).__name__
+        warnings.warn(f"config.json alone cannot rebuild this {name} ({reason}); load the run with "
+                      f"pv.load_run(folder, model_class={name}, ...) passing the class and any parts of your own",
+                      RebuildWarning, stacklevel=3)
+
+
+@contextlib.contextmanager
+def _quiet_first_call():
+    """Silence what Pyro says on an ELBO's first call about its own internals: the plate depth a vectorized ELBO
+    guesses (an INFO line) and torch's deprecation of ``torch.jit.trace`` (which the JIT ELBOs use)."""
+    logger = logging.getLogger("pyro.infer.elbo")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*")
+            warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*torch.jit.*")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _needs_param_sites(elbo):
     """Whether ``elbo`` reads the parameters from Pyro's param sites rather than from the module.
 
-    ``fit``'s torch optimizer holds the module's parameters, so ``pyro.module`` is only needed by
-    ELBOs that find their parameters in the trace: ``loss_and_grads`` (e.g. ``RenyiELBO``) backpropagates
-    only when the trace has param sites, and the JIT ELBOs pass the param store's values to the traced
-    function.
+    ``fit``'s torch optimizer holds the module's parameters, so ``pyro.module`` is only needed by ELBOs that
+    find their parameters in the trace: ``loss_and_grads`` (e.g. ``RenyiELBO``) backpropagates only when the
+    trace has param sites, and the JIT ELBOs pass the param store's values to the traced function.
     """
     return not hasattr(elbo, "differentiable_loss") or isinstance(elbo, JIT_ELBOS)
 
 
-def _loss_step(elbo, vae):
-    """A function ``(x, y) -> loss`` that also leaves the loss's gradients in ``vae``'s parameters."""
+def _loss_step(elbo, model, guide):
+    """A function ``(x, y, inputs) -> loss`` that also leaves the loss's gradients in the parameters."""
     if hasattr(elbo, "differentiable_loss"):
-        objective = elbo(vae.model, vae.guide)   # the ELBO as an nn.Module
+        objective = elbo(model, guide)   # the ELBO as an nn.Module
 
-        def step(x, y):
-            loss = objective(*_inputs(x, y))
+        def step(x, y, inputs):
+            loss = objective(*_inputs(x, y), **inputs)
             loss.backward()
             return loss.detach()
     else:  # e.g. RenyiELBO, which computes its gradients itself and returns a float
-        def step(x, y):
-            return torch.tensor(elbo.loss_and_grads(vae.model, vae.guide, *_inputs(x, y)))
+        def step(x, y, inputs):
+            return torch.tensor(elbo.loss_and_grads(model, guide, *_inputs(x, y), **inputs))
     return step
+
+
+def _fast_step(elbo, vae, device, mode, weight):
+    """:func:`~pyro_vae.fast.make_step` as a step of this loop; the KL weight is applied around each call, where
+    the traced graph reads it as an input (wrapping the model instead would freeze it into the graph)."""
+    step = fast.make_step(elbo, vae, device, mode=mode)
+    if weight is None:
+        return lambda x, y, inputs: step(x, y, **inputs)
+
+    def weighted(x, y, inputs):
+        with weight:
+            return step(x, y, **inputs)
+    return weighted
 
 
 def _inputs(x, y):
@@ -315,76 +504,3 @@ def _without_compiled_graphs(elbo):
         if isinstance(value, CompiledFunction):
             delattr(fresh, name)
     return fresh
-
-
-def _forked_rng(device):
-    """A block whose random draws (CPU, and ``device`` if it is a GPU) do not move the run's streams."""
-    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
-
-
-def _first_call_outside_the_run(step_loss, vae, train, batch_size, shard, device):
-    """Call the ELBO once on one batch before the first step, with the random state put back afterwards.
-
-    Some ELBOs draw random numbers on their first call only: a JIT ELBO runs the model and guide twice
-    more to trace them, and a vectorized multi-particle ELBO (e.g. IWAE) or ``TraceEnum_ELBO`` runs them
-    once to find how deep their plates nest. A resumed run makes that first call again; made here,
-    outside the run's random stream, it leaves a resumed run equal to an uninterrupted one. The
-    gradients it leaves are cleared by the first step's ``zero_grad``; the optimizer has not moved. The
-    KL weight is set first, as a JIT graph freezes it (fit allows JIT ELBOs only with the weight 1; the
-    epoch loop sets the weight for the others).
-    """
-    if hasattr(vae, "kl_scale"):
-        vae.kl_scale = 1.0
-    with _forked_rng(device):
-        # the batch too: dynamic binarization draws from the global random state
-        x, y = next(train.batches(batch_size, generator=torch.Generator().manual_seed(0), shard=shard))
-        step_loss(x, y)
-
-
-def _prepare_run_folder(folder, ckpt_path, vae, resume, overwrite, settings, run_info):
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise CheckpointError(f"{folder} is a file, not a folder; choose another output folder")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise CheckpointError(f"cannot create output folder {folder} ({e.strerror}); choose a writable folder") from None
-    if not os.access(folder, os.W_OK):
-        raise CheckpointError(f"output folder {folder} is not writable; choose a writable folder")
-    if os.path.exists(ckpt_path) and not (resume or overwrite):
-        raise CheckpointError(f"{folder} already holds a run; pass resume=True (--resume) to continue it "
-                              f"or overwrite=True (--overwrite) to start afresh")
-    if resume and not os.path.exists(ckpt_path):
-        raise CheckpointError(f"nothing to resume in {folder}: it holds no checkpoint (none is written before the "
-                              f"first epoch ends); check the folder, or start the run without resume (--resume)")
-    if resume:
-        saved = load_json(os.path.join(folder, CONFIG)) if os.path.exists(os.path.join(folder, CONFIG)) else {}
-        if saved.get("vae") is not None and saved["vae"] != vae.config:
-            raise CheckpointError(f"the run in {folder} was made with a different model "
-                                  f"({_first_difference(saved['vae'], vae.config)}); use another folder or --overwrite")
-        # compared as JSON, as they were saved (tuples become lists)
-        now = json.loads(json.dumps({"fit": settings, **(run_info or {})}))
-        for old, new in zip(_must_match_on_resume(saved), _must_match_on_resume(now)):
-            if saved and old != new:
-                raise CheckpointError(f"the run in {folder} was trained with other settings "
-                                      f"({_first_difference(old, new)}); resume with the same ones, "
-                                      f"or start a new run in another folder")
-    if overwrite:
-        # the old run's files go before anything new is written: a new run that fails in its first epoch
-        # must not leave the old checkpoint beside its own config.json, where resume would pick it up
-        for name in (CHECKPOINT, METRICS):
-            if os.path.exists(os.path.join(folder, name)):
-                os.remove(os.path.join(folder, name))
-
-
-def _must_match_on_resume(config):
-    """A run folder's config as ``(fit settings, run_info)`` without what a resume may change: the
-    epochs, the number of processes and the command line (the model is checked on its own)."""
-    fit = {k: v for k, v in config.get("fit", {}).items() if k not in ("epochs", "world_size")}
-    return fit, {k: v for k, v in config.items() if k not in ("vae", "fit", "cli")}
-
-
-def _first_difference(saved, current):
-    for key in sorted(set(saved) | set(current)):
-        if saved.get(key) != current.get(key):
-            return f"{key}: saved {saved.get(key)!r}, now {current.get(key)!r}"
-    return "unknown difference"

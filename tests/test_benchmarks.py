@@ -25,6 +25,8 @@ SMOKE_ARGS = {
                    "--configs", "pyro_vae default", "vamp", "iwae5", "iaf"],
     "loglik.py": [],
     "m2_accuracy.py": [],
+    "eval_cost.py": [],
+    "overhead.py": ["--limit", "64"],
 }
 
 
@@ -58,6 +60,22 @@ def test_benchmark_smoke(name, tmp_path, monkeypatch, capsys):
         assert result["test_size"] == 60 and set(result["summary"]) == configs
         assert all(s["seeds"] == 2 and s["log_px_sd"] >= 0 for s in result["summary"].values())
         assert "mean +- sd over seeds" in printed
+    elif name == "overhead.py":
+        methods = {row["method"] for row in result["rows"]}
+        assert {"hand-written PyTorch", "pyro_vae.fit Trace_ELBO", "pyro_vae.fit JitTrace_ELBO", "Pyro SVI.step Trace_ELBO",
+                "fast eager (sync-free Trace_ELBO)", "fast replay"} <= methods
+        assert not any("compile" in m for m in methods)   # smoke mode compiles nothing
+        assert all(row["us_per_step"] > 0 and row["ratio_to_hand_written"] > 0 and row["paired_ratio"] > 0
+                   and row["first_epoch_seconds"] > 0 for row in result["rows"])
+        assert result["steps_per_epoch"] == 2 and result["threads"] == 1
+    elif name == "eval_cost.py":
+        rows = {row["prior"]: row for row in result["rows"]}
+        assert {"N(0, I)", "VampPrior(500)", "MixtureOfGaussians(10)"} <= set(rows)
+        assert rows["N(0, I)"]["ratio_to_default"] == 1.0
+        assert all(row["seconds"] > 0 and row["ratio_to_default"] > 0 for row in result["rows"])
+        generic = [row for row in result["rows"] if row["scoring"] == "MixtureSameFamily"]
+        assert len(generic) == 2 and all(abs(row["log_px_minus_package"]) < 1e-3 for row in generic)
+        assert result["num_samples"] == 10 and result["num_images"] == 30
     elif name == "m2_accuracy.py":
         assert result["results"] and all(0.0 <= r["test_accuracy"] <= 1.0 for r in result["results"])
     else:

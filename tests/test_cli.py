@@ -16,6 +16,7 @@ import types
 import pytest
 import torch
 
+import pyro_vae as pv
 from pyro_vae import cli
 from pyro_vae.errors import DataError
 from pyro_vae.checkpoint import load_checkpoint
@@ -58,9 +59,14 @@ def test_train_evaluate_sample_end_to_end(tmp_path, capsys):
 
     assert cli.main(["evaluate", str(run), "--num-samples", "30"]) == 0
     assert json.loads((run / "metrics.json").read_text())["evaluations"][0]["num_samples"] == 30
-    os.remove(run / "samples.png")
+    # a new picture beside the run's own samples.png, named after the epoch and seed it shows
+    trained = (run / "samples.png").read_bytes()
     assert cli.main(["sample", str(run), "--num", "16"]) == 0
-    assert (run / "samples.png").stat().st_size > 0
+    assert (run / "samples-epoch3-seed0.png").stat().st_size > 0
+    assert (run / "samples.png").read_bytes() == trained
+    # never over the run's own files
+    assert cli.main(["sample", str(run), "--out", str(run / "checkpoint.pt")]) == 2
+    assert pv.load_run(run)[2]["epoch"] == 3
 
 
 def test_other_parts_from_the_cli(tmp_path):
@@ -167,7 +173,10 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path):
             proc.kill()
     state = load_checkpoint(killed / "checkpoint.pt")   # still a complete, loadable checkpoint
     assert 2 <= state["epoch"] < 6 and len(state["history"]) == state["epoch"]
-    assert not (killed / "metrics.json").exists()
+    # metrics.json, written after the checkpoint, holds the same epochs or one fewer; no final scores yet
+    partial = json.loads((killed / "metrics.json").read_text())
+    assert partial["history"] == state["history"][:len(partial["history"])] and len(partial["history"]) >= 1
+    assert "test" not in partial
 
     resumed = run_cli(*common, "--out", killed, "--resume")
     assert resumed.returncode == 0, resumed.stderr
@@ -213,7 +222,7 @@ def test_extended_models_end_to_end(kind, extra, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("likelihood,guide,objective,jit,loss", [
-    ("normal-learned", "iaf", "meanfield", True, "JitTraceMeanField_ELBO"),
+    ("normal-per-pixel", "iaf", "meanfield", True, "JitTraceMeanField_ELBO"),
     ("laplace", "normal", "iwae", False, "RenyiELBO"),
     ("bernoulli", "normal", "elbo", True, "JitTrace_ELBO")])
 def test_new_parts_from_the_cli(likelihood, guide, objective, jit, loss, tmp_path):
@@ -283,7 +292,7 @@ def test_ctrl_c_says_what_was_left(tmp_path, monkeypatch):
     """Ctrl-C (KeyboardInterrupt) at each stage: the message says what is saved and how to go on."""
     run = tmp_path / "run"
     args = ["train", *TINY, "--epochs", "2", "--out", run]
-    real_fit, real_evaluate = cli.fit, cli._evaluate_run
+    real_fit, real_evaluate = pv.fit, pv.evaluate.report
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
@@ -304,25 +313,26 @@ def test_ctrl_c_says_what_was_left(tmp_path, monkeypatch):
     assert "--resume" not in interrupted(main_in_process(*args), "had not started", "nothing was written")
     monkeypatch.undo()
 
-    monkeypatch.setattr(cli, "fit", interrupt)   # within the first epoch: no checkpoint yet, nothing to resume
+    monkeypatch.setattr(pv, "fit", interrupt)   # within the first epoch: no checkpoint yet, nothing to resume
     assert "--resume" not in interrupted(main_in_process(*args), "no epoch was completed")
-    monkeypatch.setattr(cli, "fit", fit_interrupted_after_epoch_1)
+    monkeypatch.setattr(pv, "fit", fit_interrupted_after_epoch_1)
     interrupted(main_in_process(*args), f"epoch 1 of 2 is saved in {run}", "with --resume")
-    monkeypatch.setattr(cli, "fit", real_fit)
-    monkeypatch.setattr(cli, "_evaluate_run", interrupt)
+    monkeypatch.setattr(pv, "fit", real_fit)
+    monkeypatch.setattr(pv.evaluate, "report", interrupt)   # the final scores, after the last epoch
     interrupted(main_in_process(*args, "--resume"), "training finished", "same command again")
-    assert not (run / "metrics.json").exists()
-    monkeypatch.setattr(cli, "_evaluate_run", real_evaluate)
+    assert "test" not in json.loads((run / "metrics.json").read_text())
+    monkeypatch.setattr(pv.evaluate, "report", real_evaluate)
     assert main_in_process(*args, "--resume").returncode == 0   # the advice works: the run is complete
-    assert [h["epoch"] for h in json.loads((run / "metrics.json").read_text())["history"]] == [1, 2]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2] and metrics["test"]["epoch"] == 2
 
     before = (run / "metrics.json").read_text()
-    monkeypatch.setattr(cli, "_evaluate_run", interrupt)
+    monkeypatch.setattr(pv.evaluate, "report", interrupt)
     assert "--resume" not in interrupted(main_in_process("evaluate", run), "metrics.json is unchanged")
     assert (run / "metrics.json").read_text() == before
-    monkeypatch.setattr(cli.plots, "samples", interrupt)
+    monkeypatch.setattr(pv.plots, "samples", interrupt)
     assert "--resume" not in interrupted(main_in_process("sample", run, "--out", tmp_path / "s.png"),
-                                         "no samples were written")
+                                         "no pictures were written")
 
 
 @pytest.mark.parametrize("flag,value,valid", [("--model", "vqvae", "cvae"), ("--objective", "dreg", "iwae"),

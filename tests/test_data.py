@@ -300,6 +300,38 @@ def test_from_tensor_rejects_bad_images(images, match):
         data.from_tensor(images)
 
 
+def test_out_of_range_hint_names_the_range_and_follows_the_data():
+    from sklearn.datasets import load_digits
+
+    # scikit-learn's digits before scaling: counts 0..16, for which "divide by 255" would be wrong advice
+    counts = load_digits().images
+    with pytest.raises(DataError, match=r"got range \[0, 16\]; they look like whole-number counts 0..16: divide by "
+                                        r"16, their maximum") as info:
+        data.from_tensor(counts)
+    assert "255" not in str(info.value)
+    assert data.from_tensor(counts / 16).images.max() == 1.0   # the advice works
+    with pytest.raises(DataError, match=r"integer dtype torch.uint8 \(values 0..16\).*e.g. images.float\(\) / 16"):
+        data.from_tensor(counts.astype(np.uint8))
+    # real 8-bit digits, as floats and as integers
+    eight_bit = np.round(counts * 255 / 16)
+    with pytest.raises(DataError, match=r"got range \[0, 255\]; they look like 8-bit pixels \(0..255\): divide by 255"):
+        data.from_tensor(eight_bit)
+    with pytest.raises(DataError, match=r"e.g. images.float\(\) / 255"):
+        data.from_tensor(eight_bit.astype(np.int32))
+
+
+@pytest.mark.parametrize("images, match", [
+    (torch.rand(2, 3, 3) * 2 - 1, r"normalised to \[-1, 1\]: map them with \(x \+ 1\) / 2"),
+    (torch.full((2, 3, 3), 4095.0), "16-bit pixels \\(0..65535\\): divide by 65535"),
+    (torch.full((2, 3, 3), 99.5), "rescale them, e.g. divide by their maximum 99.5"),
+    (torch.linspace(-5, 5, 18).view(2, 3, 3), r"rescale them, e.g. \(x - \(-5\)\) / 10"),
+    (torch.ones(2, 3, 3, dtype=torch.int64), r"convert them to float, e.g. images.float\(\)$"),
+])
+def test_out_of_range_hints(images, match):
+    with pytest.raises(DataError, match=match):
+        data.from_tensor(images)
+
+
 def test_from_tensor_rejects_bad_labels_and_binarize():
     with pytest.raises(DataError, match="labels"):
         data.from_tensor(torch.rand(3, 2, 2), labels=torch.arange(4))

@@ -141,6 +141,167 @@ def test_vamp_prior_start_from_images_and_needs_a_vae(digits_grey):
         priors.VampPrior(0)
 
 
+# --- the diagonal-Normal mixture behind MixtureOfGaussians and VampPrior ----------------------------
+
+
+def _mixture_float64_loop(logits, loc, scale, z):
+    """log p(z), one component at a time, in float64 and the direct (z - mu) / s form: ``z.shape[:-1]``."""
+    logits, loc, scale, z = (t.double() for t in (logits, loc, scale, z))
+    per_component = [torch.distributions.Normal(loc[k], scale[k]).log_prob(z).sum(-1) for k in range(loc.shape[0])]
+    return torch.logsumexp(torch.stack(per_component, dim=-1) + torch.log_softmax(logits, dim=-1), dim=-1)
+
+
+def _hard_mixture(shape, num_components, latent_dim, dtype, seed=0):
+    """Parameters and codes where the expanded quadratic cancels badly: means up to 10, scales from 1e-3
+    to 10, and two thirds of the codes drawn from the components (as a trained encoder's codes sit near
+    its posteriors, which are the VampPrior's components), the rest broad."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(num_components, generator=g)
+    loc = 20 * torch.rand(num_components, latent_dim, generator=g) - 10
+    scale = 10 ** (4 * torch.rand(num_components, latent_dim, generator=g) - 3)
+    count = math.prod(shape)
+    chosen = torch.randint(num_components, (count,), generator=g)
+    near = loc[chosen] + scale[chosen] * torch.randn(count, latent_dim, generator=g)
+    broad = 5 * torch.randn(count, latent_dim, generator=g)
+    z = torch.where(torch.arange(count).unsqueeze(-1) % 3 < 2, near, broad).reshape(shape + (latent_dim,))
+    return [t.to(dtype) for t in (logits, loc, scale, z)]
+
+
+# (shape of the codes' leading dims, K, D): importance samples x datapoints, a single code, K=1, D=1
+MIXTURE_SHAPES = [((3, 40), 500, 50), ((), 10, 50), ((4, 5), 1, 3), ((30,), 8, 1), ((2, 3, 4), 5, 2)]
+# Tolerances against the float64 loop on the same inputs. float32: the float64 product's result is
+# rounded once to float32, so within ~2 float32 ulps (MixtureSameFamily in float32 itself is off by up to
+# ~2e-6 relative on these values); float64: the expanded form loses ~1e-16 * mu^2/s^2 * D, about 1e-7 nats.
+MIXTURE_TOLERANCE = {torch.float32: dict(rtol=2e-7, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-6)}
+# gradients, elementwise, with a floor relative to the largest entry (where tiny responsibilities cancel)
+GRADIENT_TOLERANCE = {torch.float32: (1e-5, 1e-6), torch.float64: (1e-6, 1e-9)}
+
+
+def _gradients(fn, params):
+    params = [p.detach().clone().requires_grad_() for p in params]
+    out = fn(*params)
+    # unequal weights per output, so that errors in one code's gradient cannot hide in a sum
+    (out * torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype).reshape(out.shape)).sum().backward()
+    return [p.grad for p in params]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("shape,num_components,latent_dim", MIXTURE_SHAPES)
+def test_diagonal_normal_mixture_matches_a_float64_loop(shape, num_components, latent_dim, dtype):
+    logits, loc, scale, z = _hard_mixture(shape, num_components, latent_dim, dtype)
+    log_p = priors.DiagonalNormalMixture(logits, loc, scale).log_prob(z)
+    assert log_p.shape == shape and log_p.dtype == dtype
+    exact = _mixture_float64_loop(logits, loc, scale, z)
+    assert torch.allclose(log_p.double(), exact, **MIXTURE_TOLERANCE[dtype])
+    # and torch's own mixture, evaluated in float64 on the same inputs
+    reference = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=logits.double()),
+        torch.distributions.Independent(torch.distributions.Normal(loc.double(), scale.double()), 1))
+    assert torch.allclose(log_p.double(), reference.log_prob(z.double()), **MIXTURE_TOLERANCE[dtype])
+
+    ours = _gradients(lambda *p: priors.DiagonalNormalMixture(*p[:3]).log_prob(p[3]), [logits, loc, scale, z])
+    expected = _gradients(_mixture_float64_loop, [t.double() for t in (logits, loc, scale, z)])
+    rtol, floor = GRADIENT_TOLERANCE[dtype]
+    for name, got, want in zip(("logits", "loc", "scale", "z"), ours, expected):
+        assert got.dtype == dtype and got.shape == want.shape
+        assert ((got.double() - want).abs() <= rtol * want.abs() + floor * want.abs().max()).all(), name
+
+
+def test_diagonal_normal_mixture_is_the_mixture_same_family_it_replaces():
+    K, D = 6, 3
+    logits, loc, scale, _ = _hard_mixture((), K, D, torch.float32)
+    scale = scale.clamp(0.1, 2.0)
+    ours = priors.DiagonalNormalMixture(logits, loc, scale)
+    plain = pyro.distributions.MixtureSameFamily(pyro.distributions.Categorical(logits=logits),
+                                                 pyro.distributions.Normal(loc, scale).to_event(1))
+    assert isinstance(ours, pyro.distributions.MixtureSameFamily)
+    assert ours.batch_shape == () and ours.event_shape == (D,) and not ours.has_rsample
+    assert torch.allclose(ours.mean, plain.mean) and torch.allclose(ours.variance, plain.variance)
+    assert ours.support.check(torch.randn(4, D)).all()
+    torch.manual_seed(1)
+    drawn = ours.sample((5, 2))
+    torch.manual_seed(1)
+    assert torch.equal(drawn, plain.sample((5, 2)))   # sampling is inherited, random stream included
+
+    # expand (what pyro.plate does) batches without copying the parameters and keeps the fast log_prob
+    batched = ours.expand((4,))
+    assert type(batched) is priors.DiagonalNormalMixture and batched.batch_shape == (4,)
+    z = torch.randn(7, 4, D)
+    assert torch.allclose(batched.log_prob(z), plain.expand((4,)).log_prob(z), atol=1e-5)
+    assert batched.log_prob(z[0, 0]).shape == (4,)                 # one code, scored against each batch entry
+    assert batched.sample().shape == (4, D) and ours.expand_by((2,)).batch_shape == (2,)
+    with pytest.raises(ValueError):                                 # argument validation still applies
+        ours.log_prob(torch.randn(4, D + 1))
+
+    with pyro.plate("data", 4):
+        site = poutine.trace(lambda: pyro.sample("z", ours)).get_trace().nodes["z"]
+    assert site["value"].shape == (4, D) and site["fn"].batch_shape == (4,)
+    assert torch.allclose(site["fn"].log_prob(site["value"]), plain.log_prob(site["value"]), atol=1e-5)
+
+    for bad in ((logits, loc[:-1], scale[:-1]), (logits, loc, scale[:, :-1]), (logits[None], loc, scale),
+                (logits, loc[None], scale[None])):
+        with pytest.raises(pv.ConfigError, match="logits"):
+            priors.DiagonalNormalMixture(*bad)
+
+
+def test_diagonal_normal_mixture_chunks_large_blocks(monkeypatch):
+    logits, loc, scale, z = _hard_mixture((6, 50), 20, 4, torch.float32)
+    whole, whole_grads = (priors.DiagonalNormalMixture(logits, loc, scale).log_prob(z),
+                          _gradients(lambda *p: priors.DiagonalNormalMixture(*p[:3]).log_prob(p[3]),
+                                     [logits, loc, scale, z]))
+    monkeypatch.setattr(priors, "MAX_BLOCK", 7 * 20)   # 7 codes per block: 43 blocks, the last one short
+    chunked = priors.DiagonalNormalMixture(logits, loc, scale).log_prob(z)
+    chunked_grads = _gradients(lambda *p: priors.DiagonalNormalMixture(*p[:3]).log_prob(p[3]), [logits, loc, scale, z])
+    assert torch.allclose(chunked, whole, rtol=1e-7, atol=0)
+    assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-6 * b.abs().max()) for a, b in zip(chunked_grads, whole_grads))
+
+
+def test_diagonal_normal_mixture_never_forms_codes_by_components_by_dims():
+    K, D, codes = 256, 64, (8, 256)
+    mixture = priors.DiagonalNormalMixture(torch.zeros(K), torch.randn(K, D), torch.rand(K, D) + 0.1)
+    z = torch.randn(codes + (D,))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        mixture.log_prob(z)
+    largest = max(event.cpu_memory_usage for event in prof.events())
+    # the (codes, K) block in float64 is 4 MiB; MixtureSameFamily's (codes, K, D) float32 temporary is 128 MiB
+    assert 0 < largest <= math.prod(codes) * K * 8
+
+
+@pytest.mark.parametrize("prior", ["mog", "vamp"])
+def test_mixture_priors_under_mean_field_and_jit_elbos(prior, digits_binary):
+    vae = pv.VAE(image_shape=(1, 8, 8), latent_dim=LATENT, hidden=(16,),
+                 prior=priors.MixtureOfGaussians(4) if prior == "mog" else priors.VampPrior(6))
+    assert type(vae.prior()) is priors.DiagonalNormalMixture
+    images = digits_binary[0].images
+    losses = {}
+    for name, elbo in (("trace", pyro.infer.Trace_ELBO()), ("meanfield", pyro.infer.TraceMeanField_ELBO())):
+        pyro.set_rng_seed(5)
+        losses[name] = elbo.differentiable_loss(vae.model, vae.guide, images[:10]).item()
+    # no analytic KL(Normal || mixture) exists, so the mean-field ELBO falls back to the same Monte Carlo term
+    assert losses["meanfield"] == pytest.approx(losses["trace"], rel=1e-6)
+
+    # JitTrace_ELBO: traced on one batch size, replayed on another, it estimates the eager ELBO (its
+    # random stream differs, so the comparison is of means over many draws, as in test_train)
+    jit = pyro.infer.JitTrace_ELBO(ignore_jit_warnings=True)
+    with torch.no_grad():
+        jit.differentiable_loss(vae.model, vae.guide, images[:64])
+        draws = {name: torch.tensor([elbo.differentiable_loss(vae.model, vae.guide, images[64:80]).item()
+                                     for _ in range(150)])
+                 for name, elbo in (("jit", jit), ("eager", pyro.infer.Trace_ELBO()))}
+    se = math.sqrt(sum(d.var().item() / len(d) for d in draws.values()))
+    assert abs(draws["jit"].mean() - draws["eager"].mean()) < 5 * se and draws["jit"].std() > 0
+    # the traced density itself, replayed on other values and another number of codes, is the eager one
+    logits, loc, scale, z = _hard_mixture((5, 8), 4, LATENT, torch.float32)
+    traced = torch.jit.trace(lambda *p: priors.DiagonalNormalMixture(*p[:3]).log_prob(p[3]),
+                             (logits, loc, scale, z), check_trace=False)
+    logits, loc, scale, z = _hard_mixture((3, 11), 4, LATENT, torch.float32, seed=1)
+    eager = priors.DiagonalNormalMixture(logits, loc, scale).log_prob(z)
+    assert traced(logits, loc, scale, z).shape == (3, 11)
+    assert torch.allclose(traced(logits, loc, scale, z), eager, rtol=1e-6, atol=0)
+    # float64 models score in float64: the parameters' dtype, not the float64 accumulation, sets the result's
+    assert vae.double().prior().log_prob(torch.randn(2, LATENT, dtype=torch.float64)).dtype == torch.float64
+
+
 def _perturb(module, seed=0):
     # freshly built flows are close to the identity; random weights make the checks below meaningful
     generator = torch.Generator().manual_seed(seed)

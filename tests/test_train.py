@@ -59,21 +59,29 @@ def _draws_pictures(vae, record):
     (lambda: RenyiELBO(alpha=0, num_particles=3, vectorize_particles=True), None),
     (lambda: Trace_ELBO(num_particles=3, vectorize_particles=True), None),
     (Trace_ELBO, _draws_pictures),
-], ids=["trace", "jit", "iwae", "trace-3-particles", "callback-draws"])
+    # the sync-free graph: traced at the first batch outside the run, and again for the last batch's shape
+    ("compile", None),
+], ids=["trace", "jit", "iwae", "trace-3-particles", "callback-draws", "compile"])
 def test_resume_matches_uninterrupted_run(make_loss, callback, digits_binary, tmp_path):
     train, test = digits_binary
+    options = dict(seed=1, progress=False, callback=callback, eval_samples=0, pictures=False)
+    if make_loss == "compile":
+        options.update(compile=True, beta=2.0, warmup=3)
+    else:
+        options.update(loss=make_loss())
     pyro.set_rng_seed(1)
     straight = small_vae(prior=priors.MixtureOfGaussians(3))
-    full = pv.fit(straight, train, test=test, epochs=4, seed=1, progress=False, checkpoint_dir=tmp_path / "a",
-                  loss=make_loss(), callback=callback)
+    full = pv.fit(straight, train, test=test, epochs=4, checkpoint_dir=tmp_path / "a", **options)
 
+    if "loss" in options:
+        options["loss"] = make_loss()
     pyro.set_rng_seed(1)
     resumed = small_vae(prior=priors.MixtureOfGaussians(3))
-    pv.fit(resumed, train, test=test, epochs=2, seed=1, progress=False, checkpoint_dir=tmp_path / "b",
-           loss=make_loss(), callback=callback)
+    pv.fit(resumed, train, test=test, epochs=2, checkpoint_dir=tmp_path / "b", **options)
     again = small_vae(prior=priors.MixtureOfGaussians(3))   # a fresh process would start from scratch too
-    history = pv.fit(again, train, test=test, epochs=4, seed=1, progress=False, checkpoint_dir=tmp_path / "b",
-                     resume=True, loss=make_loss(), callback=callback)
+    if "loss" in options:
+        options["loss"] = make_loss()
+    history = pv.fit(again, train, test=test, epochs=4, checkpoint_dir=tmp_path / "b", resume=True, **options)
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert [h["train_elbo"] for h in history] == [h["train_elbo"] for h in full]
     assert [h["test_elbo"] for h in history] == [h["test_elbo"] for h in full]
@@ -81,10 +89,40 @@ def test_resume_matches_uninterrupted_run(make_loss, callback, digits_binary, tm
     assert all(torch.equal(ref[k], v) for k, v in _weights(again).items())
 
 
+@pytest.mark.parametrize("weights", [{}, {"beta": 2.0, "warmup": 2}], ids=["plain", "warmup"])
+def test_compiled_step_trains_like_the_default(weights, digits_binary):
+    train, test = digits_binary
+    runs = []
+    for compile in (False, True):
+        pyro.set_rng_seed(4)
+        vae = small_vae()
+        history = pv.fit(vae, train, test=test, epochs=3, seed=4, progress=False, compile=compile, **weights)
+        runs.append(([h["train_elbo"] for h in history], [h["test_elbo"] for h in history], _weights(vae)))
+    (eager_train, eager_test, eager_w), (fast_train, fast_test, fast_w) = runs
+    # the same estimator with the same draws: equal up to float rounding of the sums
+    assert fast_train == pytest.approx(eager_train, rel=1e-5) and fast_test == pytest.approx(eager_test, rel=1e-5)
+    assert all(torch.allclose(eager_w[k], fast_w[k], atol=1e-5) for k in eager_w)
+    assert fast_train[-1] > fast_train[0]
+
+
+def test_compile_refuses_other_estimators(digits_binary):
+    for loss, match in [(TraceMeanField_ELBO(), "Trace_ELBO's estimator"), (RenyiELBO(alpha=0), "RenyiELBO")]:
+        with pytest.raises(pv.ConfigError, match=match):
+            pv.fit(small_vae(), digits_binary[0], epochs=1, progress=False, compile=True, loss=loss)
+    with pytest.raises(pv.ConfigError, match="compile must be"):
+        pv.fit(small_vae(), digits_binary[0], epochs=1, progress=False, compile="fastest")
+
+
 def test_checkpoint_is_plain_data_and_load_run_restores_outputs(digits_binary, tmp_path):
     vae = small_vae(likelihood=likelihoods.Bernoulli())
-    pv.fit(vae, digits_binary[0], epochs=2, progress=False, checkpoint_dir=tmp_path)
-    assert sorted(p for p in os.listdir(tmp_path) if not p.startswith(".")) == ["checkpoint.pt", "config.json"]
+    pv.fit(vae, digits_binary[0], test=digits_binary[1], epochs=2, progress=False, checkpoint_dir=tmp_path,
+           eval_samples=10)
+    # the run folder pyro-vae train writes: scores and pictures too
+    assert sorted(p for p in os.listdir(tmp_path) if not p.startswith(".")) == [
+        "checkpoint.pt", "config.json", "curves.png", "interpolation.png", "latent_scatter.png", "metrics.json",
+        "reconstructions.png", "samples.png", "traversal.png"]
+    metrics = checkpoint.load_json(tmp_path / "metrics.json")
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2] and metrics["test"]["num_samples"] == 10
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)   # no pickled objects inside
     assert state["epoch"] == 2 and len(state["history"]) == 2 and state["config"] == vae.config
     loaded, config, _ = pv.load_run(str(tmp_path))
@@ -117,9 +155,9 @@ def test_resume_refuses_other_settings_and_a_folder_without_checkpoint(digits_bi
     train = digits_binary[0]
     run_info = {"data": {"dataset": "digits", "binarize": "dynamic"}, "cli": ["train", "--epochs", "1"]}
     pv.fit(small_vae(), train, epochs=1, progress=False, checkpoint_dir=tmp_path, run_info=run_info)
-    # the saved optimizer state would quietly put the old learning rate back, and config.json would lie
-    with pytest.raises(pv.CheckpointError, match=r"other settings \(lr: saved 0.001, now 0.01\)"):
-        pv.fit(small_vae(), train, epochs=2, lr=0.01, progress=False, checkpoint_dir=tmp_path, resume=True,
+    # another batch size would silently make a different run of the rest
+    with pytest.raises(pv.CheckpointError, match=r"other settings \(batch_size: saved 128, now 64\)"):
+        pv.fit(small_vae(), train, epochs=2, batch_size=64, progress=False, checkpoint_dir=tmp_path, resume=True,
                run_info=run_info)
     other_data = {**run_info, "data": {"dataset": "digits", "binarize": "static"}}
     with pytest.raises(pv.CheckpointError, match="other settings.*data"):
@@ -135,6 +173,27 @@ def test_resume_refuses_other_settings_and_a_folder_without_checkpoint(digits_bi
         pv.fit(small_vae(), train, epochs=1, progress=False, checkpoint_dir=tmp_path, resume=True,
                run_info=run_info)
     assert checkpoint.load_json(tmp_path / "config.json")["fit"]["epochs"] == 2
+
+
+def test_resume_with_a_lower_learning_rate_or_clipping_is_recorded(digits_binary, tmp_path):
+    # the advice after a divergence: resume with a smaller learning rate or with clipping
+    train = digits_binary[0]
+    pv.fit(small_vae(), train, epochs=1, progress=False, checkpoint_dir=tmp_path, eval_samples=0, pictures=False)
+    vae = small_vae()
+    seen = []
+    pv.fit(vae, train, epochs=3, lr=1e-4, clip_norm=5.0, progress=False, checkpoint_dir=tmp_path, resume=True,
+           eval_samples=0, pictures=False, callback=lambda v, r: seen.append(None))
+    config = checkpoint.load_json(tmp_path / "config.json")
+    assert config["fit"]["lr"] == 1e-4 and config["fit"]["clip_norm"] == 5.0
+    assert config["changes"] == [{"setting": "lr", "saved": 0.001, "now": 0.0001, "from_epoch": 2},
+                                 {"setting": "clip_norm", "saved": None, "now": 5.0, "from_epoch": 2}]
+    state = checkpoint.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert [g["lr"] for g in state["optimizer"]["param_groups"]] == [1e-4]   # the optimizer really took it
+    assert len(seen) == 2
+    # a later resume without changes keeps the record
+    pv.fit(small_vae(), train, epochs=4, lr=1e-4, clip_norm=5.0, progress=False, checkpoint_dir=tmp_path,
+           resume=True, eval_samples=0, pictures=False)
+    assert len(checkpoint.load_json(tmp_path / "config.json")["changes"]) == 2
 
 
 def test_overwrite_removes_the_old_run_before_training(digits_binary, tmp_path):
@@ -305,10 +364,6 @@ def test_bad_arguments_and_data(digits_binary, digits_grey, mnist5k, tmp_path):
             pv.fit(small_vae(), train, progress=False, **kwargs)
     with pytest.raises(pv.DataError, match="binarize.*ContinuousBernoulli"):
         pv.fit(small_vae(), digits_grey[0], epochs=1, progress=False)
-    without_weight = small_vae()
-    del without_weight.kl_scale   # a user's model with no KL weight: beta would silently change nothing
-    with pytest.raises(pv.ConfigError, match="kl_scale"):
-        pv.fit(without_weight, train, epochs=1, beta=4.0, progress=False)
     with pytest.raises(pv.DataError, match=r"shape \(1, 28, 28\).*\(1, 8, 8\)"):
         pv.fit(small_vae(), mnist5k[0], epochs=1, progress=False)
     with pytest.raises(pv.DataError, match=r"\[0, 1\]"):
