@@ -9,6 +9,7 @@ This module is the only place that maps names (strings) to classes; the library 
     pyro-vae explore runs/cb2d --html               # interpolation, traversal and a page to explore them
     pyro-vae train --objective iwae --num-particles 5 --beta 1 --warmup 10
     pyro-vae train --jit                            # the same ELBO compiled by torch.jit: less Python per step
+    pyro-vae train --compile                        # Trace_ELBO traced once and replayed: no GPU sync per step
     pyro-vae train --lr-schedule cosine --early-stopping 10 --tensorboard
     pyro-vae train --model m2 --labels 100 --latent-dim 16     # semi-supervised, 100 labelled digits
     pyro-vae train --model cvae && pyro-vae sample RUN         # one row per digit
@@ -216,6 +217,10 @@ def build_parser():
     train.add_argument("--jit", action="store_true",
                        help="compile the ELBO once with torch.jit (JitTrace_ELBO): less Python per step, faster on "
                             "small batches; for models of fixed structure, not with --beta/--warmup")
+    train.add_argument("--compile", nargs="?", const="replay", default=None, choices=("replay", "compile"),
+                       help="the sync-free fast path: Trace_ELBO's estimator traced into one graph and replayed, no "
+                            "host-device sync per step (replay, the default); compile also compiles it with "
+                            "torch.compile (CUDA graphs on a GPU; slow to start)")
     train.add_argument("--beta", type=_positive(float), default=1.0, help="weight of the KL term (beta-VAE)")
     train.add_argument("--warmup", type=_non_negative_int, default=0,
                        help="KL warm-up: the KL weight grows linearly to --beta over this many epochs")
@@ -378,6 +383,10 @@ def _check_combination(args):
                              f"drop --jit")
     if args.objective == "iwae" and args.num_particles == 1:
         raise pv.ConfigError("--objective iwae with one particle is the plain ELBO; use --num-particles 2 or more")
+    if args.compile and (args.objective != "elbo" or args.model == "m2" or args.jit):
+        what = "--jit" if args.jit else "--model m2" if args.model == "m2" else f"--objective {args.objective}"
+        raise pv.ConfigError(f"--compile computes Trace_ELBO's estimator (--objective elbo, continuous latents), which "
+                             f"{what} does not use; drop --compile or {what}")
 
 
 def _objective(args):
@@ -467,7 +476,8 @@ def cmd_train(args):
                device=processes.device, checkpoint_dir=out, resume=args.resume, overwrite=args.overwrite,
                progress=not args.no_progress, clip_norm=args.clip_norm, loss=loss, beta=args.beta,
                warmup=args.warmup, distributed=args.distributed, run_info=run_info, scheduler=_schedule(args),
-               early_stopping=args.early_stopping, eval_samples=args.eval_samples, hooks=hooks)
+               early_stopping=args.early_stopping, compile=args.compile or False, eval_samples=args.eval_samples,
+               hooks=hooks)
     except Terminated:
         raise Terminated(_saved_epochs(args, out)) from None
     except KeyboardInterrupt:
