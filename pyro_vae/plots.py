@@ -30,6 +30,7 @@ from torchvision.utils import make_grid
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.model import VAE, uses_labels
 from pyro_vae.priors import StandardNormal
+from pyro_vae.util import MAX_IMAGES, forked_rng, positive_int
 
 __all__ = [
     "image_grid",
@@ -198,8 +199,7 @@ def latent_manifold(vae, n: int = 20, path=None) -> Figure:
 
 def _forked_rng(vae):
     """A block whose random draws (CPU, and the model's GPU if it has one) leave the caller's streams alone."""
-    device = torch.device(vae.device)
-    return torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
+    return forked_rng(vae.device)
 
 
 def _prior_quantiles(vae, probs) -> torch.Tensor:
@@ -367,9 +367,7 @@ def _decode_top(vae, z, y=None) -> torch.Tensor:
 
 
 def _count(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    return positive_int(name, value, MAX_IMAGES)
 
 
 def _image_batch(vae, x, what: str, limit: int | None = None) -> torch.Tensor:

@@ -13,7 +13,6 @@ them and ``state_dict()`` saves them.
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import pyro.distributions as dist
@@ -21,6 +20,7 @@ from pyro.distributions.transforms import AffineAutoregressive
 from pyro.nn import AutoRegressiveNN
 
 from .errors import ConfigError
+from .util import MAX_COMPONENTS, MAX_LATENT_DIM, MAX_WIDTH, alternating_order, positive, positive_int, positive_number
 
 
 class Prior(nn.Module):
@@ -40,7 +40,7 @@ class Prior(nn.Module):
                 raise ConfigError(f"this {type(self).__name__} was already set up for latent_dim={self.latent_dim}; "
                                   f"create a new prior object for latent_dim={latent_dim}")
             return
-        self.latent_dim = int(latent_dim)
+        self.latent_dim = positive_int("latent_dim", latent_dim, MAX_LATENT_DIM)
         self.build(self.latent_dim, vae)
 
     def build(self, latent_dim, vae):
@@ -156,7 +156,7 @@ class LearnedNormal(Prior):
         self.raw_scale = nn.Parameter(torch.full((latent_dim,), 0.5413))  # softplus(0.5413) ~= 1
 
     def forward(self):
-        return dist.Normal(self.loc, F.softplus(self.raw_scale) + 1e-4).to_event(1)
+        return dist.Normal(self.loc, positive(self.raw_scale)).to_event(1)
 
 
 class MixtureOfGaussians(Prior):
@@ -171,10 +171,8 @@ class MixtureOfGaussians(Prior):
 
     def __init__(self, num_components=10, spread=1.0):
         super().__init__()
-        if int(num_components) < 1:
-            raise ConfigError(f"num_components must be a positive integer, got {num_components}")
-        self.num_components = int(num_components)
-        self.spread = float(spread)
+        self.num_components = positive_int("num_components", num_components, MAX_COMPONENTS)
+        self.spread = positive_number("spread", spread)
 
     def build(self, latent_dim, vae):
         generator = torch.Generator().manual_seed(0)
@@ -183,18 +181,10 @@ class MixtureOfGaussians(Prior):
         self.raw_scales = nn.Parameter(torch.zeros(self.num_components, latent_dim))
 
     def forward(self):
-        return DiagonalNormalMixture(self.logits, self.locs, F.softplus(self.raw_scales) + 1e-4)
+        return DiagonalNormalMixture(self.logits, self.locs, positive(self.raw_scales))
 
     def config(self):
         return {"num_components": self.num_components, "spread": self.spread}
-
-
-def _permutation(latent_dim, index):
-    # Alternate the autoregressive order between flows so every coordinate is conditioned on every other
-    # one after two flows; a fixed order (not AutoRegressiveNN's random default) makes construction
-    # deterministic, so a rebuilt model equals the saved one even before load_state_dict.
-    order = torch.arange(latent_dim)
-    return order if index % 2 == 0 else order.flip(0)
 
 
 class VampPrior(Prior):
@@ -217,10 +207,7 @@ class VampPrior(Prior):
 
     def __init__(self, num_pseudo_inputs=500):
         super().__init__()
-        if isinstance(num_pseudo_inputs, bool) or int(num_pseudo_inputs) != num_pseudo_inputs \
-                or num_pseudo_inputs < 1:
-            raise ConfigError(f"num_pseudo_inputs must be a positive integer, got {num_pseudo_inputs!r}")
-        self.num_pseudo_inputs = int(num_pseudo_inputs)
+        self.num_pseudo_inputs = positive_int("num_pseudo_inputs", num_pseudo_inputs, MAX_COMPONENTS)
         # a plain list hides the encoder from nn.Module: registering it here as well would duplicate its
         # entries in the VAE's state_dict and make the module graph cyclic
         self._shared = []
@@ -289,18 +276,15 @@ class FlowPrior(Prior):
 
     def __init__(self, num_flows=2, hidden=64):
         super().__init__()
-        for name, value in (("num_flows", num_flows), ("hidden", hidden)):
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise ConfigError(f"FlowPrior {name} must be a positive integer, got {value!r}")
-        self.num_flows = int(num_flows)
-        self.hidden = int(hidden)
+        self.num_flows = positive_int("FlowPrior num_flows", num_flows, MAX_COMPONENTS)
+        self.hidden = positive_int("FlowPrior hidden", hidden, MAX_WIDTH)
 
     def build(self, latent_dim, vae):
         self.register_buffer("loc", torch.zeros(latent_dim))
         self.register_buffer("scale", torch.ones(latent_dim))
         # nn.ModuleList registers the networks, so they train, move with .to() and are saved
         self.networks = nn.ModuleList(
-            AutoRegressiveNN(latent_dim, [self.hidden, self.hidden], permutation=_permutation(latent_dim, i))
+            AutoRegressiveNN(latent_dim, [self.hidden, self.hidden], permutation=alternating_order(latent_dim, i))
             for i in range(self.num_flows))
 
     def forward(self):

@@ -22,13 +22,12 @@ MAX_CLASSES = 10000
 
 
 def positive_int(name, value, limit=None):
-    """``value`` as an ``int`` if it is a whole number from 1 to ``limit``, else :class:`ConfigError`.
+    """``value`` as an ``int`` if it is an integer from 1 to ``limit``, else :class:`ConfigError`.
 
-    Floats with a fractional part (``2.7``) and booleans are refused rather than truncated or read as 1.
+    Floats (``2.7``, even ``2.0``) and booleans are refused rather than truncated or read as 1.
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
-            or int(value) != value or value < 1:
-        raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     if limit is not None and value > limit:
         raise ConfigError(f"{name} is {int(value)}, above the limit of {limit}; use a smaller value")
     return int(value)
