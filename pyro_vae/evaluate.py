@@ -125,6 +125,7 @@ def quantity(vae, data):
     with eval_mode(vae):
         trace = poutine.trace(vae.model).get_trace(x, _scored_labels(vae, y), **kwargs)
     observed = [name for name, site in trace.nodes.items() if site["type"] == "sample" and site["is_observed"]]
+    observed.sort(key=lambda name: name != "x")   # the image first, the rest in the model's order
     given = (["y"] if getattr(vae, "label_role", "ignored") == "conditioned" else []) + list(kwargs)
     return f"log p({', '.join(observed)}{'|' + ', '.join(given) if given else ''})"
 

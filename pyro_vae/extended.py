@@ -188,7 +188,7 @@ class ConditionalVAE(VAE):
 
     # --- the probabilistic program -------------------------------------------------------------
 
-    def model(self, x, y=None):
+    def model(self, x, y=None, covariates=None):
         """p(x, z | y) = p(z) p(x|z, y). :param x: images ``(N, C, H, W)``. :param y: labels ``(N,)``."""
         y = self._require_labels(y)
         self.register()
@@ -196,7 +196,7 @@ class ConditionalVAE(VAE):
             z = pyro.sample("z", self.prior())
             pyro.sample("x", self.likelihood(self.decoder(_concat(z, self._onehot(y)))), obs=x)
 
-    def guide(self, x, y=None):
+    def guide(self, x, y=None, covariates=None):
         """q(z|x, y). :param x: images ``(N, C, H, W)``. :param y: labels ``(N,)``."""
         y = self._require_labels(y)
         self.register()
@@ -395,7 +395,7 @@ class M2(ConditionalVAE):
     def _mask(mask):
         return poutine.mask(mask=mask) if mask is not None else contextlib.nullcontext()
 
-    def model(self, x, y=None):
+    def model(self, x, y=None, covariates=None):
         """p(x, y, z) = p(y) p(z) p(x|y, z), y observed where ``y >= 0``.
 
         :param x: images ``(N, C, H, W)``. :param y: labels ``(N,)`` with -1 for unlabelled, or ``None``.
@@ -419,7 +419,7 @@ class M2(ConditionalVAE):
                 with poutine.scale(scale=self.alpha), self._mask(labelled if some else None):
                     pyro.sample("y_aux", dist.Categorical(logits=self.classifier(x)), obs=labels)
 
-    def guide(self, x, y=None):
+    def guide(self, x, y=None, covariates=None):
         """q(y|x) (where unlabelled) q(z|x, y). Arguments as for :meth:`model`."""
         self.register()
         labelled, labels, which = self._split(y)
@@ -533,7 +533,7 @@ class HierarchicalVAE(VAE):
         self.prior = prior if prior is not None else priors_module.StandardNormal()
         self.prior.setup(dims[1], _TopEncoderView(self))
 
-    def model(self, x, y=None):
+    def model(self, x, y=None, covariates=None):
         """p(x, z1, z2) = p(z2) p(z1|z2) p(x|z1). :param x: images ``(N, C, H, W)``; ``y`` is ignored."""
         self.register()
         with pyro.plate("data", x.shape[-4]):
@@ -541,7 +541,7 @@ class HierarchicalVAE(VAE):
             z1 = pyro.sample("z1", dist.Normal(*self.p_z1(z2)).to_event(1))
             pyro.sample("x", self.likelihood(self.decoder(z1)), obs=x)
 
-    def guide(self, x, y=None):
+    def guide(self, x, y=None, covariates=None):
         """q(z1|x) q(z2|z1). :param x: images ``(N, C, H, W)``; ``y`` is ignored."""
         self.register()
         with pyro.plate("data", x.shape[-4]):

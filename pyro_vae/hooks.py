@@ -30,6 +30,7 @@ run still equals an uninterrupted one. Example, a hook that records the learning
 import copy
 import math
 import time
+import warnings
 
 import torch
 from pyro.poutine.messenger import Messenger
@@ -389,7 +390,8 @@ class TensorBoard(Hook):
             for key in ("elbo", "reconstruction", "kl"):
                 self.writer.add_scalar(f"test/{key}", scores[key], epoch)
             self.writer.add_scalar("test/active_units", evaluate.active_units(vae, test), epoch)
-        if epoch % self.image_every == 0 or epoch == trainer.settings.epochs or trainer.stop:
+        covariates = getattr(trainer.train, "covariates", None) is not None   # pictures would need them
+        if not covariates and (epoch % self.image_every == 0 or epoch == trainer.settings.epochs or trainer.stop):
             from .plots import image_grid
             with torch.no_grad(), evaluate.eval_mode(vae):
                 shown = (test if test is not None else trainer.train).images[: self.num_images]
@@ -442,7 +444,11 @@ class RunFiles(Hook):
             # the epoch whose weights were scored: a resumed run keeps the evaluations made before it
             result["epoch"] = trainer.best_epoch or trainer.epochs_trained
             trainer.run.update_metrics(lambda metrics: metrics.update(test=result))
-        if self.pictures:
+        if self.pictures and getattr(trainer.train, "covariates", None) is not None:
+            # the standard pictures encode and decode without covariates, which such a model needs
+            warnings.warn("the standard pictures are not drawn for data with covariates: call pv.plots with your "
+                          "model's own sampling and decoding", UserWarning, stacklevel=2)
+        elif self.pictures:
             from . import plots   # matplotlib only when pictures are drawn
             plots.save_all(vae, trainer.train.images, trainer.train.labels, None if test is None else test.images,
                            trainer.history, trainer.run.path, test_labels=None if test is None else test.labels)

@@ -81,15 +81,16 @@ class VAE(nn.Module):
 
     # --- the probabilistic program -------------------------------------------------------------
 
-    def model(self, x, y=None):
-        """p(x, z) = p(z) p(x|z). :param x: images ``(N, C, H, W)``; ``y`` is accepted and ignored."""
+    def model(self, x, y=None, covariates=None):
+        """p(x, z) = p(z) p(x|z). :param x: images ``(N, C, H, W)``; ``y`` and ``covariates`` (a dataset's
+        per-image covariates ``(N, D)``, which subclasses may condition on) are accepted and ignored."""
         self.register()
         with pyro.plate("data", x.shape[-4]):
             z = pyro.sample("z", self.prior())
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
 
-    def guide(self, x, y=None):
-        """q(z|x). :param x: images ``(N, C, H, W)``; ``y`` is accepted and ignored."""
+    def guide(self, x, y=None, covariates=None):
+        """q(z|x). :param x: images ``(N, C, H, W)``; ``y`` and ``covariates`` are accepted and ignored."""
         self.register()
         with pyro.plate("data", x.shape[-4]):
             pyro.sample("z", self.posterior(*self.encoder(x)))
@@ -162,10 +163,11 @@ class VAE(nn.Module):
                               f"set its code_site attribute to the latent site that generate() decodes")
         return trace.nodes[self.code_site]["value"]
 
-    def sample(self, num_samples, y=None):
+    def sample(self, num_samples, y=None, **kwargs):
         """Mean images of p(x | latents) for latents drawn from the model's prior (:meth:`trace_prior`).
-        :param y: labels for models that take them. :returns: ``(num_samples, C, H, W)``."""
-        return self.trace_prior(num_samples, y).nodes["x"]["fn"].mean
+        :param y: labels for models that take them; ``kwargs`` other inputs of the model (``covariates``).
+        :returns: ``(num_samples, C, H, W)``."""
+        return self.trace_prior(num_samples, y, **kwargs).nodes["x"]["fn"].mean
 
     # --- saving --------------------------------------------------------------------------------
 

@@ -150,6 +150,7 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path):
     assert metrics["test"]["epoch"] == 2 and metrics["test"]["num_samples"] == 5
 
 
+@pytest.mark.slow
 def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path):
     """Kill a real training process with SIGKILL, resume it, and compare with a run never interrupted."""
     common = ["train", "--dataset", "mnist5k", "--epochs", "6", "--latent-dim", "8", "--hidden", "128",

@@ -40,6 +40,7 @@ WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow   # torchrun with two processes
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_two_gloo_processes_agree_and_match_single_process(tmp_path):
     (tmp_path / "worker.py").write_text(WORKER)

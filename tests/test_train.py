@@ -51,6 +51,7 @@ def _draws_pictures(vae, record):
     vae.sample(3)   # a callback that uses the random stream, as plotting samples does
 
 
+@pytest.mark.slow   # three fits of four epochs each
 @pytest.mark.parametrize("make_loss, callback", [
     (Trace_ELBO, None),
     # the resumed run traces again, on its first batch: that must not change the numbers
@@ -267,10 +268,31 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(digits_bin
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
-def test_callback_can_stop_and_clip_norm_runs(digits_binary):
-    history = pv.fit(small_vae(), digits_binary[0], epochs=5, progress=False, clip_norm=1.0,
+def test_callback_can_stop(digits_binary):
+    history = pv.fit(small_vae(), digits_binary[0], epochs=5, progress=False,
                      callback=lambda vae, record: record["epoch"] == 2)
     assert len(history) == 2
+
+
+class GradientNorms(pv.hooks.Hook):
+    """Records the norm of all gradients after every step (they are kept until the next step zeroes them)."""
+
+    def __init__(self):
+        self.norms = []
+
+    def on_step_end(self, trainer):
+        grads = [p.grad for p in trainer.parameters if p.grad is not None]
+        self.norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+
+
+def test_clip_norm_clips_every_step(digits_binary):
+    train = digits_binary[0].subset(range(512))
+    free, clipped = GradientNorms(), GradientNorms()
+    pv.fit(small_vae(), train, epochs=2, progress=False, hooks=[free])
+    pv.fit(small_vae(), train, epochs=2, progress=False, clip_norm=1.0, hooks=[clipped])
+    assert len(clipped.norms) == 2 * train.num_batches(128)
+    assert max(free.norms) > 10.0   # unclipped, these gradients are large ...
+    assert max(clipped.norms) <= 1.0 + 1e-4 and min(clipped.norms) > 0.99   # ... and clipping bounds every one
 
 
 @pytest.mark.parametrize("loss", [Trace_ELBO(), TraceMeanField_ELBO(),
@@ -281,7 +303,7 @@ def test_any_pyro_elbo_trains(loss, prior, digits_binary):
     vae = small_vae(prior=priors.StandardNormal() if prior == "standard" else priors.MixtureOfGaussians(3))
     history = pv.fit(vae, digits_binary[0], test=digits_binary[1], epochs=2, loss=loss, progress=False)
     assert all(math.isfinite(h["train_elbo"]) and math.isfinite(h["test_elbo"]) for h in history)
-    assert history[-1]["train_elbo"] > history[0]["train_elbo"] - 1.0
+    assert history[-1]["train_elbo"] > history[0]["train_elbo"]
 
 
 class AlwaysRegisters(pv.VAE):
@@ -308,7 +330,7 @@ def test_skipping_param_store_registration_changes_nothing(make_loss, digits_bin
     assert all(torch.allclose(w0[k], w1[k], atol=1e-5) for k in w0)
     assert keys1   # the always-registering model did register ...
     assert bool(keys0) == (make_loss is not Trace_ELBO)   # ... and plain Trace_ELBO skipped it
-    assert h0[-1]["train_elbo"] > h0[0]["train_elbo"] - 1.0   # and it learned
+    assert h0[-1]["train_elbo"] > h0[0]["train_elbo"]   # and it learned
 
 
 def test_jit_elbo_matches_eager_on_a_batch_of_another_size(digits_binary):
@@ -333,13 +355,13 @@ def test_jit_elbo_trains_on_images_without_labels(digits_binary):
     assert unlabelled.labels is None
     history = pv.fit(small_vae(), unlabelled, epochs=2, loss=JitTrace_ELBO(ignore_jit_warnings=True), progress=False)
     assert all(math.isfinite(h["train_elbo"]) for h in history)
-    assert history[-1]["train_elbo"] > history[0]["train_elbo"] - 1.0
+    assert history[-1]["train_elbo"] > history[0]["train_elbo"]
 
 
 def test_one_jit_elbo_instance_trains_two_vaes(digits_binary):
     # a Pyro JIT ELBO keeps its compiled function as a closure over the first model it was called with;
-    # reused by a second fit with another VAE it used to run the first VAE's program, so the second VAE
-    # got no gradients and stayed as initialised while fit reported the first one's ELBO
+    # reused by a second fit with another VAE, it would run the first VAE's program, so the second VAE would
+    # get no gradients and stay as initialised while fit reported the first one's ELBO
     train = digits_binary[0].subset(range(400))
     elbo = JitTrace_ELBO(ignore_jit_warnings=True)
     pv.fit(small_vae(), train, epochs=2, loss=elbo, progress=False)
@@ -404,4 +426,4 @@ def test_cuda_training_and_evaluation(mnist5k, tmp_path):
     jit_history = pv.fit(jit_vae, train, epochs=2, device="cuda", progress=False,
                          loss=JitTrace_ELBO(ignore_jit_warnings=True))
     assert math.isfinite(jit_history[-1]["train_elbo"])
-    assert jit_history[-1]["train_elbo"] > jit_history[0]["train_elbo"] - 1.0
+    assert jit_history[-1]["train_elbo"] > jit_history[0]["train_elbo"]

@@ -1,6 +1,6 @@
 """Every tutorial runs to completion in smoke mode (``CI`` set) and writes its figures.
 
-The tutorials are discovered with the same glob the issue fixes, so a new ``tutorials/NN_name.py`` is
+The tutorials are discovered with one glob (``tutorials/[0-9][0-9]_*.py``), so a new ``tutorials/NN_name.py`` is
 covered automatically, and a file that does not match the pattern (or is not a runnable script with the
 expected structure) makes a test fail instead of silently going untested.
 """
@@ -30,6 +30,7 @@ def _smoke_env(out):
     return env
 
 
+@pytest.mark.slow   # a subprocess per tutorial
 @pytest.mark.parametrize("path", COVERED, ids=[Path(p).stem for p in COVERED])
 def test_tutorial_runs_in_smoke_mode(path, tmp_path):
     out = tmp_path / "out"
