@@ -4,8 +4,9 @@ What you will learn:
 
 * the one data format ``pyro_vae`` needs: a float tensor of images ``(N, C, H, W)`` in [0, 1],
   wrapped by ``pv.data.from_tensor`` (with optional integer labels and a binarization);
-* how to get there from a folder of PNG/JPEG files (``torchvision``'s ``ImageFolder`` and PIL) and
-  from a NumPy array, and what errors you get for common mistakes (0-255 integers, wrong shapes);
+* how to get there from a folder of PNG/JPEG files (``pv.data.load(folder)``, or ``torchvision``'s
+  ``ImageFolder`` and PIL when you need transforms) and from a NumPy array, and what errors you get for
+  common mistakes (0-255 integers, wrong shapes);
 * how to plug in your own encoder and decoder (here the convolutional ones of ``pv.networks``);
 * how to save a run, load it back and make the standard pictures.
 
@@ -84,6 +85,16 @@ print(f"read {images.shape[0]} images of shape {tuple(images.shape[1:])}, pixel 
       f"[{images.min():.2f}, {images.max():.2f}], classes {folder.classes}")
 
 # %% [markdown]
+# The same folder in one line: `pv.data.load` reads a folder of PNG/JPEG files itself (with
+# torchvision's decoder), takes class sub-folders as labels, and splits off a fixed tenth as the test
+# set (or uses `train/` and `test/` sub-folders when they exist). Images of different sizes are refused
+# with the names of two of them rather than resized behind your back: resize them first, as above.
+
+# %%
+direct_train, direct_test = pv.data.load(IMAGE_FOLDER, binarize="dynamic")
+print(direct_train, direct_test, sep="\n")
+
+# %% [markdown]
 # ## A NumPy array
 #
 # If your images are already an array, say a `.npy` file of `uint8` pixels with shape (N, H, W), the
@@ -133,15 +144,17 @@ vae = pv.VAE(image_shape=shape, latent_dim=LATENT,
              encoder=pv.networks.ConvEncoder(shape, LATENT), decoder=pv.networks.ConvDecoder(shape, LATENT))
 RUN = OUT / "run"
 history = pv.fit(vae, train, test=test, epochs=EPOCHS, seed=0, device="cpu", progress=False, checkpoint_dir=RUN,
-                 overwrite=True)
+                 overwrite=True, eval_samples=100)
 print(f"test ELBO after {EPOCHS} epochs: {history[-1]['test_elbo']:.2f} nats per image")
 
 # %% [markdown]
 # ## Save, load, draw
 #
-# `checkpoint_dir` made `fit` write `config.json` (what rebuilds the model) and `checkpoint.pt` (the
-# weights, optimizer and random states) after every epoch. `pv.load_run` rebuilds the model from
-# them; it runs no code from the folder. Then `pv.plots.save_all` writes the standard figures.
+# `checkpoint_dir` made `fit` write `config.json` (what rebuilds the model), `checkpoint.pt` (the
+# weights, optimizer and random states) and `metrics.json` after every epoch, and the final test scores
+# and the standard pictures at the end: the run folder `pyro-vae train` writes. `pv.load_run` rebuilds
+# the model from it; it runs no code from the folder. `pv.plots.save_all` draws the same figures for any
+# model, here into the tutorial's own folder.
 
 # %%
 loaded, config, state = pv.load_run(RUN)
