@@ -8,7 +8,9 @@ import os
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = sorted(glob.glob(os.path.join(ROOT, "benchmarks", "*.py")))
+# gpu_check.py is the driver of benchmarks/gpu_check.sh, whose CPU dry run tests/test_gpu_check.py runs
+SCRIPTS = sorted(p for p in glob.glob(os.path.join(ROOT, "benchmarks", "*.py"))
+                 if os.path.basename(p) != "gpu_check.py")
 
 
 def _load(path):
@@ -22,7 +24,7 @@ def _load(path):
 SMOKE_ARGS = {
     "speed.py": ["--batch-sizes", "64", "--limit", "128"],
     "quality.py": ["--dataset", "digits", "--epochs", "1", "--limit", "120", "--test-limit", "60", "--seeds", "0", "1",
-                   "--configs", "pyro_vae default", "vamp", "iwae5", "iaf"],
+                   "--configs", "pyro_vae default", "vamp", "iwae5", "iaf", "default + cosine + early stopping"],
     "loglik.py": [],
     "m2_accuracy.py": [],
     "eval_cost.py": [],
@@ -60,6 +62,9 @@ def test_benchmark_smoke(name, tmp_path, monkeypatch, capsys):
         assert result["test_size"] == 60 and set(result["summary"]) == configs
         assert all(s["seeds"] == 2 and s["log_px_sd"] >= 0 for s in result["summary"].values())
         assert "mean +- sd over seeds" in printed
+        scheduled = [row for row in result["rows"] if row["config"] == "default + cosine + early stopping"]
+        assert len(scheduled) == 2 and all(row["epochs_trained"] == 1 and row["best_epoch"] == 1
+                                           and row["last_lr"] == 1e-3 for row in scheduled)
     elif name == "overhead.py":
         methods = {row["method"] for row in result["rows"]}
         assert {"hand-written PyTorch", "pyro_vae.fit Trace_ELBO", "pyro_vae.fit JitTrace_ELBO", "Pyro SVI.step Trace_ELBO",
