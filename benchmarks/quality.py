@@ -5,10 +5,12 @@ The reference ("peer") is the VAE of Pyro's introductory tutorial, re-implemente
 batch 256. Every configuration trains on dynamically binarized images and is scored on a statically
 binarized test set: test ELBO and importance-sampled log p(x) with K samples, in nats per image.
 
-    python benchmarks/quality.py --dataset mnist5k --epochs 100            # (a) in the issue
+    python benchmarks/quality.py --dataset mnist5k --epochs 100            # mnist5k, peer and default
     python benchmarks/quality.py --dataset fashion-mnist --epochs 50       # (b), needs dataset-fashion-mnist
     python benchmarks/quality.py --no-peer --seeds 0 1 2 --configs "pyro_vae default" vamp iwae5 iaf
-                                                                           # issue 4: parts swapped, 3 seeds
+                                                                           # parts swapped, 3 seeds
+    python benchmarks/quality.py --dataset mnist5k --epochs 60 --no-peer \
+        --configs "pyro_vae default" "default + cosine + early stopping"   # does the schedule help?
     CI=1 python benchmarks/quality.py                                      # smoke mode: seconds
 
 Prints a table and writes JSON (``--json``, default ``benchmarks/results/quality-<dataset>.json``).
@@ -16,7 +18,9 @@ Prints a table and writes JSON (``--json``, default ``benchmarks/results/quality
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import torch
@@ -78,14 +82,25 @@ def train_peer(train, epochs, seed, device):
     return peer
 
 
-def configurations():
+#: what ``pyro-vae train --lr-schedule cosine --early-stopping 10 --tensorboard`` does
+SCHEDULED = "default + cosine + early stopping"
+
+
+def configurations(epochs=100, test=None, log_dir=None, patience=10):
     """name -> (builder(image_shape) -> VAE, fit keyword arguments).
 
     Apart from "pyro_vae conv", each is the default VAE (784-400-50 SiLU MLPs, Bernoulli) with one part
-    swapped, as in issue 4's comparison: the prior (VampPrior with 100 pseudo-inputs: with the paper's 500
+    swapped: the prior (VampPrior with 100 pseudo-inputs: with the paper's 500
     a training step took 6.5 times as long as the default's on the 2-core CPU, with 100 2.3 times), the
-    objective (IWAE, K=5) or the posterior family (2 IAF flows).
+    objective (IWAE, K=5) or the posterior family (2 IAF flows). :data:`SCHEDULED` is the default model
+    trained as the CLI's ``--lr-schedule cosine --early-stopping 10 --tensorboard`` trains it: the rate decays
+    to 0 over ``epochs`` (``CosineAnnealingLR(T_max=epochs)``), the run stops after ``patience`` epochs without
+    a better ELBO on ``test`` and ends with its best epoch's weights, and TensorBoard logs go to ``log_dir``.
+    Early stopping watches the test set that is also scored (mnist5k has no validation split), as the CLI does.
     """
+    def cosine(optimizer):
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    cosine.name = "cosine"   # what config.json would record, as for the CLI's schedule
     return {
         "pyro_vae default": (lambda shape: pv.VAE(image_shape=shape), {}),
         "vamp": (lambda shape: pv.VAE(image_shape=shape, prior=pv.priors.VampPrior(100)), {}),
@@ -95,6 +110,9 @@ def configurations():
         "pyro_vae conv": (lambda shape: pv.VAE(
             image_shape=shape, latent_dim=32,
             encoder=pv.networks.ConvEncoder(shape, 32), decoder=pv.networks.ConvDecoder(shape, 32)), {}),
+        SCHEDULED: (lambda shape: pv.VAE(image_shape=shape),
+                    {"test": test, "scheduler": cosine, "early_stopping": patience,
+                     "hooks": [pv.hooks.TensorBoard(log_dir)] if log_dir is not None else []}),
     }
 
 
@@ -132,6 +150,10 @@ def main(argv=None):
     parser.add_argument("--test-limit", type=int, default=None,
                         help="score on the first N test images only (the same N for every configuration)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--patience", type=int, default=10, help=f"early stopping of {SCHEDULED!r} (default 10)")
+    parser.add_argument("--log-dir", default=None,
+                        help=f"TensorBoard logs of {SCHEDULED!r}, one folder per seed (default: a temporary "
+                             f"folder, deleted at the end)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.threads:
@@ -150,11 +172,15 @@ def main(argv=None):
         save_json({"dataset": args.dataset, "epochs": args.epochs, "num_samples": args.num_samples,
                    "train_binarize": "dynamic", "test_binarize": "static", "device": str(device),
                    "train_size": len(train), "test_size": len(test), "threads": torch.get_num_threads(),
-                   "smoke": smoke, "rows": rows, "summary": summarize(rows), "argv": sys.argv[1:]}, out)
+                   "smoke": smoke, "patience": args.patience, "rows": rows, "summary": summarize(rows),
+                   "argv": sys.argv[1:]}, out)
 
-    configs = configurations()
     # the convolutional configuration is much slower on a CPU: ask for it by name
     chosen = args.configs if args.configs is not None else ["pyro_vae default"]
+    unknown = [name for name in chosen if name not in configurations()]
+    if unknown:
+        parser.error(f"unknown configuration {unknown[0]!r}; known: {', '.join(configurations())}")
+    log_root = args.log_dir or tempfile.mkdtemp(prefix="quality-tensorboard-")
     for seed in args.seeds:
         if not args.no_peer:
             started = time.perf_counter()
@@ -165,29 +191,42 @@ def main(argv=None):
             print(rows[-1], flush=True)
             save()
         for name in chosen:
-            build, fit_kwargs = configs[name]
+            build, fit_kwargs = configurations(args.epochs, test, os.path.join(log_root, f"seed{seed}"),
+                                               args.patience)[name]
             pyro.clear_param_store()
             pyro.set_rng_seed(seed)
             vae = build(train.image_shape)
             started = time.perf_counter()
-            pv.fit(vae, train, epochs=args.epochs, seed=seed, device=device, progress=False, **fit_kwargs)
+            history = pv.fit(vae, train, epochs=args.epochs, seed=seed, device=device, progress=False, **fit_kwargs)
             seconds = time.perf_counter() - started
-            rows.append({"config": name, "seed": seed, "seconds": seconds, **score(vae, test, args.num_samples)})
+            row = {"config": name, "seed": seed, "seconds": seconds, "epochs_trained": len(history)}
+            if "early_stopping" in fit_kwargs:   # fit returned the best epoch's weights: those are scored
+                row["best_epoch"] = history[-1]["best_epoch"]
+                row["best_epoch_test_elbo"] = history[row["best_epoch"] - 1]["test_elbo"]
+            if "lr" in history[-1]:
+                row["last_lr"] = history[-1]["lr"]
+            rows.append({**row, **score(vae, test, args.num_samples)})
             print(rows[-1], flush=True)
             save()
 
     print(f"\n{args.dataset}: train {len(train)} (dynamic binarization), test {len(test)} (static), "
           f"{args.epochs} epochs, K={args.num_samples}, device {device}")
-    print(f"{'configuration':32s} {'seed':>4s} {'test ELBO':>10s} {'log p(x)':>10s} {'seconds':>8s}")
+    print(f"{'configuration':34s} {'seed':>4s} {'test ELBO':>10s} {'log p(x)':>10s} {'seconds':>8s} {'epochs':>6s}"
+          f" {'best':>4s}")
     for r in rows:
-        print(f"{r['config']:32s} {r['seed']:4d} {r['test_elbo']:10.2f} {r['log_px']:10.2f} {r['seconds']:8.1f}")
+        print(f"{r['config']:34s} {r['seed']:4d} {r['test_elbo']:10.2f} {r['log_px']:10.2f} {r['seconds']:8.1f} "
+              f"{r.get('epochs_trained', args.epochs):6d} {r.get('best_epoch', ''):>4}")
     summary = summarize(rows)
     if len(args.seeds) > 1:
-        print(f"\n{'configuration':32s} {'seeds':>5s} {'test ELBO':>16s} {'log p(x)':>16s}   (mean +- sd over seeds)")
+        print(f"\n{'configuration':34s} {'seeds':>5s} {'test ELBO':>16s} {'log p(x)':>16s}   (mean +- sd over seeds)")
         for name, s in summary.items():
-            print(f"{name:32s} {s['seeds']:5d} {s['test_elbo_mean']:9.2f} +- {s['test_elbo_sd']:4.2f} "
+            print(f"{name:34s} {s['seeds']:5d} {s['test_elbo_mean']:9.2f} +- {s['test_elbo_sd']:4.2f} "
                   f"{s['log_px_mean']:9.2f} +- {s['log_px_sd']:4.2f}")
     save()
+    if args.log_dir is None:
+        shutil.rmtree(log_root, ignore_errors=True)
+    else:
+        print(f"TensorBoard logs of {SCHEDULED!r}: tensorboard --logdir {log_root}")
     print(f"wrote {out}")
     return rows
 

@@ -6,8 +6,9 @@ A run folder holds
   rebuild the model without running any code from the folder;
 * ``checkpoint.pt`` — the state after the last completed epoch: tensors only (weights, optimizer state, RNG
   states) plus plain numbers and lists (epoch, history), loaded with ``torch.load(weights_only=True)`` so
-  a crafted file cannot run code, and checked (keys, types, epoch = history length, config = config.json)
-  before anything is restored from it;
+  a crafted file cannot run code (and only when it is torch's zip format: anything else is named for what
+  it is), and checked (keys, types, finite weights, optimizer and RNG states torch can take back, epoch =
+  history length, config = config.json) before anything is restored from it;
 * ``best.pt`` — with early stopping, the weights of the epoch with the best test ELBO (same format);
 * ``metrics.json`` — the history, the final test scores and every later ``pyro-vae evaluate``, merged under
   a lock so that concurrent writers never drop each other's entries;
@@ -18,10 +19,13 @@ one, so an interruption leaves either the old complete file or the new complete 
 """
 
 import contextlib
-import glob
 import json
+import math
+import numbers
 import os
 import pickle
+import re
+import stat
 import tempfile
 import zipfile
 
@@ -46,6 +50,18 @@ RUN_FILES = (CONFIG, CHECKPOINT, BEST, METRICS, LOCK, METRICS_LOCK)
 FORMAT_VERSION = 1
 #: a config.json or metrics.json larger than this is not one pyro_vae wrote
 MAX_JSON_BYTES = 64 * 2 ** 20
+#: nor one nested deeper than this (pyro_vae's are a few levels deep; deep nesting breaks comparisons and repr)
+MAX_JSON_DEPTH = 64
+#: nor one holding an integer with more digits than this (a float could not hold it)
+MAX_JSON_DIGITS = 300
+#: temporary files of writers that did not finish: ``_atomic_write``'s, and those of pictures and pages
+_TEMPORARY = (re.compile(r"\.tmp-.*"), re.compile(r"\..+\.[a-z0-9_]{8}\.tmp"))
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+class WriteError(CheckpointError):
+    """A file of a run folder could not be written (disk full, quota, a folder removed); the previous version of
+    the file is intact."""
 
 
 def _atomic_write(path, write):
@@ -54,7 +70,7 @@ def _atomic_write(path, write):
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
     except OSError as e:
-        raise CheckpointError(f"cannot write {path} ({e.strerror or e}); choose a writable folder") from None
+        raise WriteError(f"cannot write {path} ({e.strerror or e}); choose a writable folder") from None
     try:
         # mkstemp makes the file private (0600) and the rename keeps that: give it the mode any new file
         # gets (0644 under the usual umask), so others who may read the folder can read the run
@@ -70,18 +86,21 @@ def _atomic_write(path, write):
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(e, OSError):   # disk full, quota, a folder removed under us: the old file is intact
-            raise CheckpointError(f"could not write {path} ({e.strerror or e}); the previous version is kept: "
-                                  f"free disk space (or fix the folder) and try again") from None
+            raise WriteError(f"could not write {path} ({e.strerror or e}); the previous version is kept: "
+                             f"free disk space (or fix the folder) and try again") from None
         if isinstance(e, RuntimeError) and "write" in str(e).lower():   # torch.save wraps its write errors
-            raise CheckpointError(f"could not write {path} ({' '.join(str(e).split())[:120]}); the previous "
-                                  f"version is kept: free disk space and try again") from None
+            raise WriteError(f"could not write {path} ({' '.join(str(e).split())[:120]}); the previous "
+                             f"version is kept: free disk space and try again") from None
         raise
-    # make the rename itself durable
-    dir_fd = os.open(folder, os.O_RDONLY)
+    # make the rename itself durable (some file systems cannot sync a folder: the file is in place anyway)
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
 
 
 def save_json(obj, path):
@@ -89,19 +108,47 @@ def save_json(obj, path):
     _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n"))
 
 
+def _regular_file(path):
+    """``os.stat`` of ``path``, refusing what is not a regular file (a FIFO would block the reader forever)."""
+    info = os.stat(path)
+    if stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise CheckpointError(f"{path} is not a regular file; restore the run folder")
+    return info
+
+
+def _parse_int(text):
+    if len(text.lstrip("-")) > MAX_JSON_DIGITS:
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits")
+    return int(text)
+
+
+def _depth(value):
+    """How deeply lists and dicts nest in ``value`` (iteratively: a deep value must not exhaust the stack)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth)
+            if depth <= MAX_JSON_DEPTH:
+                todo.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def load_json(path):
     """Read a JSON file of a run folder.
 
-    :raises CheckpointError: missing, unreadable, too large, not JSON, or nested/numbered beyond what
-        Python's parser takes.
+    :raises CheckpointError: missing, unreadable, not a regular file, larger than :data:`MAX_JSON_BYTES`, not
+        JSON, nested deeper than :data:`MAX_JSON_DEPTH` or holding integers longer than :data:`MAX_JSON_DIGITS`.
     """
     path = os.fspath(path)
     try:
-        if os.path.getsize(path) > MAX_JSON_BYTES:
+        if _regular_file(path).st_size > MAX_JSON_BYTES:
             raise CheckpointError(f"{path} is larger than {MAX_JSON_BYTES // 2 ** 20} MiB, so pyro_vae did not write "
                                   f"it; restore it or start a new run")
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            value = json.load(f, parse_int=_parse_int)
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist; is this a pyro-vae run folder?") from None
     except IsADirectoryError:
@@ -109,9 +156,13 @@ def load_json(path):
     except OSError as e:
         raise CheckpointError(f"cannot read {path} ({e.strerror or e}); check its permissions") from None
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        # ValueError covers JSONDecodeError and numbers too long for int(); RecursionError deep nesting
+        # ValueError covers JSONDecodeError and over-long numbers; RecursionError deep nesting
         detail = " ".join(str(e).split())[:100] or type(e).__name__
         raise CheckpointError(f"{path} is not valid JSON ({detail}); restore it or start a new run") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise CheckpointError(f"{path} nests more than {MAX_JSON_DEPTH} levels deep, so pyro_vae did not write it; "
+                              f"restore it or start a new run")
+    return value
 
 
 def save_checkpoint(state, path):
@@ -119,46 +170,203 @@ def save_checkpoint(state, path):
     _atomic_write(path, lambda f: torch.save(state, f))
 
 
-def _is_rng_state(value):
-    return isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1
+#: the size of a CPU generator's state (``torch.get_rng_state()``), the same for every torch.Generator
+_RNG_BYTES = None
+
+
+def _is_rng_state(value, cuda=False):
+    global _RNG_BYTES
+    if not (isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1):
+        return False
+    if cuda:   # a CUDA generator's state has its own size, which the CUDA runtime checks
+        return True
+    if _RNG_BYTES is None:
+        _RNG_BYTES = torch.get_rng_state().numel()
+    return value.numel() == _RNG_BYTES
+
+
+def _is_rng_states(value):
+    return (isinstance(value, dict) and _is_rng_state(value.get("torch")) and _is_rng_state(value.get("shuffle"))
+            and ("cuda" not in value or _is_rng_state(value["cuda"], cuda=True)))
+
+
+def _is_number(value, finite=True):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and (not finite or math.isfinite(value))
+
+
+def _plain(value, depth=0):
+    """Whether ``value`` is plain data (numbers, strings, None, tensors, dtypes, and lists/tuples/dicts of them)."""
+    if value is None or isinstance(value, (bool, numbers.Number, str, bytes, torch.Tensor, torch.dtype,
+                                           torch.device)):
+        return True
+    if depth < MAX_JSON_DEPTH and isinstance(value, (list, tuple)):
+        return all(_plain(v, depth + 1) for v in value)
+    if depth < MAX_JSON_DEPTH and isinstance(value, dict):
+        return all(isinstance(k, (str, int)) and _plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _is_whole(value, low=0):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _is_scalar(value):
+    """A number, or a tensor holding one (torch keeps a step count or a learning rate either way)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and not value.dtype.is_complex and value.dtype != torch.bool
+    return _is_number(value, finite=False)
+
+
+#: settings of torch's optimizers, as their param_groups hold them: what each must be
+_GROUP_NUMBERS = ("lr", "eps", "weight_decay", "momentum", "dampening", "alpha", "lr_decay", "rho",
+                  "initial_accumulator_value", "momentum_decay", "lambd", "t0")
+_GROUP_FLAGS = ("amsgrad", "maximize", "foreach", "capturable", "differentiable", "fused", "nesterov", "centered",
+                "decoupled_weight_decay")
+
+
+def _group_problem(group):
+    params = group.get("params") if isinstance(group, dict) else None
+    if not (isinstance(params, list) and all(_is_whole(i) for i in params)
+            and all(isinstance(k, str) for k in group) and _plain(group)):
+        return "its optimizer's parameter groups are malformed"
+    for key, value in group.items():
+        if (key in _GROUP_NUMBERS and not _is_scalar(value)) \
+                or (key in _GROUP_FLAGS and not (value is None or isinstance(value, bool))) \
+                or (key == "betas" and not (isinstance(value, (list, tuple)) and len(value) == 2
+                                            and all(_is_scalar(b) for b in value))):
+            return f"its optimizer setting {key} is {_short(value, 40)}"
+    return None
+
+
+def _state_value_problem(key, value, shapes):
+    """A value of an optimizer's per-parameter state: a step count, a running average shaped like a weight, or
+    (L-BFGS) a list of them."""
+    if key == "step":
+        return None if _is_scalar(value) else "step"
+    if isinstance(value, (list, tuple)):
+        return next((key for v in value if v is not None and _state_value_problem(key, v, shapes)), None)
+    if isinstance(value, torch.Tensor):
+        # running averages (exp_avg, momentum_buffer, ...) are floating tensors shaped like a weight
+        if value.dim() and not (value.is_floating_point() and tuple(value.shape) in shapes):
+            return key
+        return None if value.dim() or _is_scalar(value) else key
+    return None if _is_number(value, finite=False) else key
+
+
+def _optimizer_problem(optimizer, model):
+    """What is wrong with a ``torch.optim`` state dict, or ``None``: the structure ``load_state_dict`` and the
+    next steps rely on (without the optimizer at hand: the settings and state torch's optimizers keep)."""
+    if not (isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
+            and isinstance(optimizer.get("param_groups"), list) and optimizer["param_groups"]):
+        return "its optimizer state is missing or malformed"
+    indices = set()
+    for group in optimizer["param_groups"]:
+        problem = _group_problem(group)
+        if problem:
+            return problem
+        indices.update(group["params"])
+    if len(indices) > len(model):
+        return "its optimizer holds more parameters than the model"
+    shapes = {tuple(v.shape) for v in model.values()}
+    for index, values in optimizer["state"].items():
+        if not (_is_whole(index) and index in indices and isinstance(values, dict)
+                and all(isinstance(k, str) for k in values)):
+            return "its optimizer's per-parameter state is malformed"
+        bad = next((k for k, v in values.items() if _state_value_problem(k, v, shapes)), None)
+        if bad is not None:
+            return f"its optimizer's per-parameter state {bad!r:.40} is malformed"
+    return None
+
+
+def _history_problem(history, epoch):
+    if not isinstance(history, list) or len(history) != epoch:
+        return f"its history has {len(history) if isinstance(history, list) else 'no'} entries for {epoch} epochs"
+    for i, record in enumerate(history):
+        if not (isinstance(record, dict) and _is_whole(record.get("epoch")) and record["epoch"] == i + 1
+                and _is_number(record.get("train_elbo"))
+                and (record.get("test_elbo") is None or _is_number(record["test_elbo"]))
+                and all(isinstance(k, str) for k in record) and _plain(record)):
+            return f"its history entry {i + 1} is not the record of epoch {i + 1}"
+    return None
+
+
+#: what torch's learning-rate schedulers keep (checked where present: a scheduler reads them in every step)
+_SCHEDULE_NUMBERS = ("last_epoch", "_step_count", "T_max", "eta_min", "factor", "patience", "cooldown",
+                     "cooldown_counter", "best", "num_bad_epochs", "threshold", "eps", "mode_worse", "gamma",
+                     "step_size", "T_0", "T_mult", "T_i", "T_cur")
+_SCHEDULE_LISTS = ("base_lrs", "_last_lr", "min_lrs")
+
+
+def _hooks_problem(hooks):
+    if not (isinstance(hooks, dict) and all(isinstance(k, str) and isinstance(v, dict) and _plain(v)
+                                            for k, v in hooks.items())):
+        return "its training-hook states are malformed"
+    stopping = hooks.get("early_stopping")
+    if stopping:   # what EarlyStopping reads back when resuming
+        optional = lambda v: v is None or _is_whole(v, 1)  # noqa: E731
+        if not (all(k in stopping for k in ("best_elbo", "best_epoch", "bad_epochs", "stopped_at"))
+                and (stopping["best_elbo"] is None or _is_number(stopping["best_elbo"]))
+                and optional(stopping["best_epoch"]) and optional(stopping["stopped_at"])
+                and _is_whole(stopping["bad_epochs"])):
+            return "its early-stopping state is malformed"
+    schedule = hooks.get("lr_schedule") or {}
+    if not (all(_is_scalar(schedule[k]) for k in _SCHEDULE_NUMBERS if k in schedule)
+            and all(isinstance(schedule[k], list) and all(_is_scalar(v) for v in schedule[k])
+                    for k in _SCHEDULE_LISTS if k in schedule)):
+        return "its learning-rate schedule state is malformed"
+    return None
 
 
 def _problem(state, best=False):
     """What is wrong with a loaded checkpoint dict, or ``None``: keys, types, and consistency."""
-    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+    if not isinstance(state, dict) or not _is_whole(state.get("format")) or state["format"] != FORMAT_VERSION:
         return f"not a pyro_vae checkpoint (format {FORMAT_VERSION})"
     epoch = state.get("epoch")
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
-        return f"its epoch is {epoch!r:.40}, not a whole number >= 1"
+        return f"its epoch is {_short(epoch, 40)}, not a whole number >= 1"
     model = state.get("model")
     if not (isinstance(model, dict) and model and all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                         for k, v in model.items())):
         return "its model weights are missing or not a dict of tensors"
-    if not isinstance(state.get("config"), dict):
-        return "its model config is missing"
+    if not all(bool(torch.isfinite(v).all()) for v in model.values() if v.is_floating_point() or v.is_complex()):
+        # training stops before saving broken weights: these were damaged afterwards
+        return "its weights are NaN or infinite"
+    if not isinstance(state.get("config"), dict) or _depth(state["config"]) > MAX_JSON_DEPTH:
+        return "its model config is missing or malformed"
     if best:
         return None
-    history = state.get("history")
-    if not isinstance(history, list) or len(history) != epoch:
-        return f"its history has {len(history) if isinstance(history, list) else 'no'} entries for {epoch} epochs"
-    for i, record in enumerate(history):
-        if not (isinstance(record, dict) and record.get("epoch") == i + 1
-                and isinstance(record.get("train_elbo"), (int, float)) and not isinstance(record["train_elbo"], bool)):
-            return f"its history entry {i + 1} is not the record of epoch {i + 1}"
-    optimizer = state.get("optimizer")
-    if not (isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
-            and isinstance(optimizer.get("param_groups"), list)):
-        return "its optimizer state is missing or malformed"
-    rng = state.get("rng")
-    if not (isinstance(rng, dict) and _is_rng_state(rng.get("torch")) and _is_rng_state(rng.get("shuffle"))):
+    problem = _history_problem(state.get("history"), epoch) or _optimizer_problem(state.get("optimizer"), model)
+    if problem:
+        return problem
+    if not _is_rng_states(state.get("rng")):
         return "its random-number states are missing or malformed"
     ranks = state.get("rng_ranks")
-    if ranks is not None and not (isinstance(ranks, list) and all(
-            isinstance(r, dict) and _is_rng_state(r.get("torch")) and _is_rng_state(r.get("shuffle")) for r in ranks)):
+    if ranks is not None and not (isinstance(ranks, list) and all(_is_rng_states(r) for r in ranks)):
         return "its per-process random-number states are malformed"
-    if not isinstance(state.get("hooks", {}), dict):
-        return "its training-hook states are malformed"
-    return None
+    return _hooks_problem(state.get("hooks", {}))
+
+
+#: what the first bytes of some common files say they are (a PyTorch checkpoint is a zip archive)
+_MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"\x1f\x8b", "a gzip file"),
+          (b"%PDF", "a PDF document"), (b"\x93NUMPY", "a NumPy array"), (b"{", "JSON or text"),
+          (b"[", "JSON or text"))
+
+
+def _not_a_checkpoint(path):
+    """Why the file at ``path`` cannot be a checkpoint that ``torch.save`` wrote, from its first bytes (``None``:
+    it is a zip archive, as torch.save writes, or a damaged one)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head:
+        return f"{path} is empty (truncated or corrupt); delete it to start over, or restore a complete copy"
+    if head.startswith(b"PK") or zipfile.is_zipfile(path):
+        return None   # a zip archive, or the start of one: torch.load tells whether it is complete
+    if head[:1] == b"\x80" and 2 <= head[1] <= 5:
+        return (f"refusing to load {path}: it is a plain pickle (or PyTorch's old format), which holds pickled "
+                f"objects, not plain tensors; only load checkpoints written by pyro_vae")
+    kind = next((what for magic, what in _MAGIC if head.startswith(magic)), None)
+    return (f"{path} is not a PyTorch checkpoint file" + (f" (it looks like {kind})" if kind else "")
+            + "; restore the run's checkpoint.pt, or delete it to start over")
 
 
 def load_checkpoint(path, map_location="cpu", config=None, best=False):
@@ -166,52 +374,100 @@ def load_checkpoint(path, map_location="cpu", config=None, best=False):
 
     :param config: the model config the checkpoint must hold (``config.json``'s ``"vae"`` entry), if known.
     :param bool best: the file is a ``best.pt`` (weights and epoch only, no optimizer or RNG state).
-    :raises CheckpointError: missing, truncated or corrupt file; a file holding pickled objects (which could
-        execute code); missing keys, wrong types, an epoch that disagrees with the history, or a config that
-        differs from ``config``.
+    :raises CheckpointError: missing, truncated or corrupt file, or one that is not a PyTorch checkpoint at all;
+        a file holding pickled objects (which could execute code); missing keys, wrong types, NaN weights, an
+        epoch that disagrees with the history, or a config that differs from ``config``.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointError(f"no checkpoint at {path}; train first (pyro-vae train) or check the path")
     try:
+        _regular_file(path)
+        # torch.load reads anything that is not a zip archive as a legacy pickle: tell other files apart first
+        problem = _not_a_checkpoint(path)
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file; restore the run folder") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path} ({e.strerror or e}); check its permissions") from None
+    if problem:
+        raise CheckpointError(problem)
+    try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = " ".join(str(e).split())
+        if "global" not in text.lower():   # an unknown opcode or malformed stream: damage, not an object
+            raise CheckpointError(f"{path} is truncated or corrupt, or not a checkpoint (its pickled data cannot be "
+                                  f"read); delete it to start over, or restore a complete copy") from None
+        detail = text[text.find("Unsupported global"):] if "Unsupported global" in text else text
         raise CheckpointError(f"refusing to load {path}: it holds pickled objects, not plain tensors "
-                              f"({first[:120]}); only load checkpoints written by pyro_vae") from None
-    except (EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError, KeyError, TypeError) as e:
+                              f"({detail[:120]}); only load checkpoints written by pyro_vae") from None
+    except (EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError, KeyError, TypeError, IndexError,
+            AttributeError, OverflowError, MemoryError) as e:
         raise CheckpointError(f"{path} is truncated or corrupt, or not a checkpoint ({type(e).__name__}); "
                               f"delete it to start over, or restore a complete copy") from None
     problem = _problem(state, best=best)
     if problem:
         raise CheckpointError(f"{path} is damaged: {problem}; restore a complete copy or start a new run")
-    if config is not None and state["config"] != config:
+    if config is not None and not _same(state["config"], config):
         raise CheckpointError(f"checkpoint {path} does not match this model: config.json says "
                               f"{first_difference(state['config'], config)}; restore the run's config.json")
     return state
 
 
 def load_state(vae, state_dict, where):
-    """``vae.load_state_dict`` with a one-line error naming the mismatch."""
+    """``vae.load_state_dict`` with a one-line error naming the mismatch (names, shapes, or kinds of number)."""
+    own = vae.state_dict()
+    for key, value in state_dict.items():
+        if key in own and isinstance(value, torch.Tensor) and value.is_floating_point() != own[key].is_floating_point():
+            raise CheckpointError(f"checkpoint {where} does not match this model ({key} holds {value.dtype} numbers, "
+                                  f"the model {own[key].dtype}); rebuild the model from the run's config.json")
     try:
         vae.load_state_dict(state_dict)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError, TypeError) as e:
         detail = " ".join(str(e).split())[:200]
         raise CheckpointError(f"checkpoint {where} does not match this model ({detail}); "
                               f"rebuild the model from the run's config.json") from None
 
 
+def _short(value, size=60):
+    """``repr(value)`` on one line (a tensor's spans several) and at most ``size`` characters."""
+    return " ".join(repr(value).split())[:size]
+
+
+def _typed(value):
+    """``value`` with booleans told apart from numbers (``True == 1`` in Python, not in a config)."""
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, (list, tuple)):
+        return [_typed(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _typed(v) for k, v in value.items()}
+    return value
+
+
+def _same(saved, current):
+    """Whether two configs (JSON values) are equal, a boolean never equal to a number."""
+    return _typed(saved) == _typed(current)
+
+
 def first_difference(saved, current):
     """``"key: saved X, now Y"`` for the first key (in sorted order) whose value differs between two dicts."""
     for key in sorted(set(saved) | set(current), key=str):
-        if saved.get(key) != current.get(key):
-            return f"{key}: saved {saved.get(key)!r:.60}, now {current.get(key)!r:.60}"
+        if not _same(saved.get(key), current.get(key)):
+            return f"{key}: saved {_short(saved.get(key))}, now {_short(current.get(key))}"
     return "unknown difference"
 
 
 #: settings a resumed run may change: the number of epochs and processes, the command line, and the two
 #: remedies a diverged run needs (a smaller learning rate, gradient clipping)
 CHANGEABLE = ("epochs", "world_size", "lr", "clip_norm")
+#: what config.json may hold for them
+_CHANGEABLE_TYPES = {
+    "epochs": lambda v: _is_whole(v, 1),
+    "world_size": lambda v: _is_whole(v, 1),
+    "lr": lambda v: _is_number(v) and v > 0,
+    "clip_norm": lambda v: v is None or (_is_number(v) and v > 0),
+}
 
 
 class RunFolder:
@@ -257,16 +513,20 @@ class RunFolder:
         """
         if fcntl is None or self._lock_fd is not None:
             return
-        fd = os.open(self.file(LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.file(LOCK), os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise CheckpointError(f"{self.path} is in use by another pyro-vae process (pid {holder}); wait for it "
-                                  f"to finish, or choose another folder") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            # flock locks belong to an open file, so another RunFolder of this process is refused too
+            who = "another RunFolder of this process" if holder == str(os.getpid()) else "another pyro-vae process"
+            raise CheckpointError(f"{self.path} is in use by {who} (pid {holder}); wait for it to finish, or choose "
+                                  f"another folder") from None
+        # written over the old pid, then cut to length: a refused process never reads an empty file
+        pid = f"{os.getpid()}\n".encode()
+        os.pwrite(fd, pid, 0)
+        os.ftruncate(fd, len(pid))
         self._lock_fd = fd
 
     def release(self):
@@ -282,7 +542,11 @@ class RunFolder:
         if fcntl is None:
             yield
             return
-        fd = os.open(self.file(METRICS_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.file(METRICS_LOCK), os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
+        except OSError as e:
+            raise WriteError(f"cannot write the metrics of {self.path} ({e.strerror or e}); check the folder's "
+                             f"permissions") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -297,8 +561,10 @@ class RunFolder:
         A new run needs an empty folder, a new one, or (with ``overwrite``) one holding a run, whose
         checkpoint, best weights and metrics are deleted first; ``resume`` needs a checkpoint and the same
         model and settings except :data:`CHANGEABLE`, whose changes are recorded in config.json under
-        ``"changes"``; the checkpoint, checked, is then :attr:`resumed_state`. Leftover temporary files of
-        killed writers are removed. Writes config.json.
+        ``"changes"``; the checkpoint, checked, is then :attr:`resumed_state` (metrics.json is checked too).
+        A folder of other files is refused before anything is written to it (the lock file included); a new
+        run removes the best weights and metrics a vanished run left; leftover temporary files of killed
+        writers are removed. Writes config.json. The lock is held on success and given back on failure.
 
         :returns: the config as written.
         :raises CheckpointError: the folder is a file, not writable, locked by another process, holds files
@@ -314,18 +580,53 @@ class RunFolder:
                                   f"choose a writable folder") from None
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise CheckpointError(f"output folder {self.path} is not writable; choose a writable folder")
+        # someone else's folder is refused before anything is written to it (not even the lock file) ...
+        self._refuse_foreign()
+        held = self._lock_fd is not None
         try:
             self.lock()
         except OSError as e:   # e.g. a read-only or special file system (/proc)
             raise CheckpointError(f"cannot use {self.path} as a run folder ({e.strerror or e}); "
                                   f"choose a writable folder") from None
-        for stale in glob.glob(os.path.join(glob.escape(self.path), ".tmp-*")):
-            os.unlink(stale)   # with the lock held, no writer is alive to finish them
-        others = [n for n in os.listdir(self.path) if n not in (LOCK, METRICS_LOCK)]
+        try:
+            self._refuse_foreign()   # ... and checked again under the lock, as the folder may have changed
+            return self._open_locked(config, resume, overwrite)
+        except BaseException:
+            if not held:
+                self.release()
+            raise
+
+    def _temporary_files(self):
+        try:
+            return [n for n in os.listdir(self.path) if any(p.fullmatch(n) for p in _TEMPORARY)]
+        except OSError:
+            return []
+
+    def _refuse_foreign(self):
+        """:class:`CheckpointError` if the folder holds files but no run (temporary files and locks aside)."""
+        try:
+            names = os.listdir(self.path)
+        except OSError as e:
+            raise CheckpointError(f"cannot read output folder {self.path} ({e.strerror or e}); choose another "
+                                  f"folder") from None
+        others = [n for n in names if n not in (LOCK, METRICS_LOCK) and not any(p.fullmatch(n) for p in _TEMPORARY)]
         if others and not self.is_run():
             shown = ", ".join(sorted(others)[:3]) + (", ..." if len(others) > 3 else "")
             raise CheckpointError(f"{self.path} holds files that are not a pyro-vae run ({shown}); choose an empty "
                                   f"or new output folder")
+
+    def _remove(self, name):
+        try:
+            os.remove(self.file(name))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise CheckpointError(f"cannot remove {self.file(name)} ({e.strerror or e}); remove it yourself or "
+                                  f"choose another folder") from None
+
+    def _open_locked(self, config, resume, overwrite):
+        for name in self._temporary_files():
+            self._remove(name)   # with the lock held, no writer is alive to finish them
         if self.has(CHECKPOINT) and not (resume or overwrite):
             raise CheckpointError(f"{self.path} already holds a run; pass resume=True (--resume) to continue it "
                                   f"or overwrite=True (--overwrite) to start afresh")
@@ -335,12 +636,13 @@ class RunFolder:
                                       f"before the first epoch ends); check the folder, or start the run without "
                                       f"resume (--resume)")
             config = self._resumed_config(config)
-        if overwrite:
+            self.read_metrics()   # damage found now, not after an epoch of training
+        else:
             # the old run's files go before anything new is written: a new run that fails in its first epoch
-            # must not leave the old checkpoint beside its own config.json, where resume would pick it up
+            # must not leave the old checkpoint beside its own config.json, where resume would pick it up (and
+            # without a checkpoint, best weights and metrics are those of a run that is gone)
             for name in (CHECKPOINT, BEST, METRICS):
-                if self.has(name):
-                    os.remove(self.file(name))
+                self._remove(name)
         save_json(config, self.file(CONFIG))
         return config
 
@@ -349,18 +651,27 @@ class RunFolder:
         self.resumed_state = load_checkpoint(self.file(CHECKPOINT), config=saved["vae"])
         done = self.resumed_state["epoch"]
         now = json.loads(json.dumps(config))   # compared as JSON, as they were saved (tuples become lists)
-        if saved.get("vae") is not None and saved["vae"] != now.get("vae"):
+        if saved.get("vae") is not None and not _same(saved["vae"], now.get("vae")):
             raise CheckpointError(f"the run in {self.path} was made with a different model "
                                   f"({first_difference(saved['vae'], now['vae'])}); use another folder or --overwrite")
         old_fit, new_fit = saved.get("fit", {}), now.get("fit", {})
         if not isinstance(old_fit, dict):
             raise CheckpointError(f"{self.file(CONFIG)} has no fit settings; restore it")
+        # the settings a resume may change are not compared below: what config.json says of them must be sane
+        for key, ok in _CHANGEABLE_TYPES.items():
+            if key in old_fit and not ok(old_fit[key]):
+                raise CheckpointError(f"{self.file(CONFIG)} is damaged: its fit setting {key} is "
+                                      f"{_short(old_fit[key], 40)}; restore it")
+        changes = saved.get("changes", [])
+        if not (isinstance(changes, list) and all(isinstance(c, dict) for c in changes)):
+            raise CheckpointError(f"{self.file(CONFIG)} is damaged: its 'changes' entry is not a list of changes; "
+                                  f"restore it")
         fixed = [({k: v for k, v in old_fit.items() if k not in CHANGEABLE},
                   {k: v for k, v in new_fit.items() if k not in CHANGEABLE}),
                  ({k: v for k, v in saved.items() if k not in ("vae", "fit", "cli", "changes")},
                   {k: v for k, v in now.items() if k not in ("vae", "fit", "cli", "changes")})]
         for old, new in fixed:
-            if saved and old != new:
+            if saved and not _same(old, new):
                 raise CheckpointError(f"the run in {self.path} was trained with other settings "
                                       f"({first_difference(old, new)}); resume with the same ones, "
                                       f"or start a new run in another folder")
@@ -368,9 +679,9 @@ class RunFolder:
             # config.json would then claim fewer epochs than the checkpoint holds
             raise CheckpointError(f"the run in {self.path} has already trained {done} epochs; resume with epochs "
                                   f"(--epochs) of at least {done}")
-        changes = list(saved.get("changes", []))
+        changes = list(changes)
         for key in ("lr", "clip_norm"):
-            if key in old_fit and old_fit.get(key) != new_fit.get(key):
+            if key in old_fit and not _same(old_fit.get(key), new_fit.get(key)):
                 if key == "lr" and new_fit.get("scheduler") is not None:
                     raise CheckpointError(f"the run in {self.path} follows a learning-rate schedule, which sets the "
                                           f"rate itself; resume with the same lr ({old_fit['lr']})")
@@ -398,9 +709,15 @@ class RunFolder:
     # --- metrics.json ---------------------------------------------------------------------------
 
     def read_metrics(self):
+        """metrics.json as a dict (``{}`` if there is none yet); :class:`CheckpointError` if it is damaged."""
         metrics = load_json(self.file(METRICS)) if self.has(METRICS) else {}
         if not isinstance(metrics, dict):
             raise CheckpointError(f"{self.file(METRICS)} is not a metrics file; delete or restore it")
+        for key, kind in (("history", list), ("evaluations", list), ("test", dict)):
+            if key in metrics and not (isinstance(metrics[key], kind) and (
+                    kind is dict or all(isinstance(entry, dict) for entry in metrics[key]))):
+                raise CheckpointError(f"{self.file(METRICS)} is damaged (its {key!r} entry is not a "
+                                      f"{'list of records' if kind is list else 'record'}); delete or restore it")
         return metrics
 
     def update_metrics(self, update):
@@ -412,7 +729,6 @@ class RunFolder:
             metrics = self.read_metrics()
             update(metrics)
             save_json(metrics, self.file(METRICS))
-
 
 
 def refuse_run_file(path):
@@ -435,6 +751,9 @@ def load_run(run_dir, device="cpu", model_class=None, best=True, **parts):
     :param parts: modules for parts the config records as your own (``encoder=...``, ``decoder=...``, ...).
     :returns: ``(vae, config, state)``: the model in eval mode, the run's config dict, the checkpoint dict
         (``state["epoch"]`` is the epoch whose weights were loaded).
+    :raises CheckpointError: a missing folder, or a config.json or checkpoint that is missing, damaged, not
+        pyro_vae's, or that disagree (see :func:`load_checkpoint`).
+    :raises ConfigError: a config that names classes that are not this package's, or sizes it refuses.
     """
     run_dir = os.fspath(run_dir)
     if not os.path.isdir(run_dir):
@@ -444,9 +763,7 @@ def load_run(run_dir, device="cpu", model_class=None, best=True, **parts):
     vae = build_vae(config["vae"], model_class=model_class, **parts)
     use_best = best and folder.has(BEST)
     state = folder.load_checkpoint(best=use_best)
+    # (load_checkpoint has refused NaN or infinite weights)
     load_state(vae, state["model"], folder.file(BEST if use_best else CHECKPOINT))
-    if not all(bool(torch.isfinite(v).all()) for v in state["model"].values() if v.is_floating_point()):
-        raise CheckpointError(f"the weights in {run_dir} are NaN or infinite; resume from an earlier copy or "
-                              f"train again")
     return vae.to(device).eval(), config, state
 

@@ -275,6 +275,12 @@ def _load_data(info):
     if not isinstance(info, dict) or "dataset" not in info or "binarize" not in info:
         raise pv.CheckpointError("this run's config.json records no dataset (it was trained from Python, not with "
                                  "pyro-vae train); evaluate it in Python with pv.load_run and pv.evaluate.report")
+    for key, ok in (("dataset", lambda v: isinstance(v, str)), ("binarize", lambda v: isinstance(v, str)),
+                    ("data_dir", lambda v: v is None or isinstance(v, str)),
+                    ("seed", lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2 ** 32)):
+        if key in info and not ok(info[key]):
+            raise pv.CheckpointError(f"this run's config.json is damaged: its data entry has {key} "
+                                     f"{info[key]!r:.40}; restore it")
     try:
         return pv.data.load(info["dataset"], data_dir=info.get("data_dir"), binarize=info["binarize"],
                             seed=info.get("seed", 0))
@@ -468,6 +474,13 @@ def cmd_train(args):
               f"on {processes.device}; writing {out}")
     run_info = {"data": data_info, "cli": sys.argv[1:], "model": args.model, "objective": objective,
                 "labels": args.labels if args.model == "m2" else None}
+    if args.resume and args.lr_schedule == "cosine":
+        saved = pv.checkpoint.RunFolder(out, main=False)
+        epochs = saved.config().get("fit", {}).get("epochs") if saved.has(pv.checkpoint.CONFIG) else None
+        if epochs is not None and epochs != args.epochs:
+            # the decay is over the first run's epochs: more of them would climb back up from 0
+            raise pv.ConfigError(f"--lr-schedule cosine decays over the run's --epochs ({epochs}); resume with "
+                                 f"--epochs {epochs}, or start a new run for a longer schedule")
     hooks = []
     if args.tensorboard is not None:
         hooks.append(pv.hooks.TensorBoard(args.tensorboard or os.path.join(out, "tensorboard")))
@@ -482,6 +495,11 @@ def cmd_train(args):
         raise Terminated(_saved_epochs(args, out)) from None
     except KeyboardInterrupt:
         raise Interrupted(_saved_epochs(args, out)) from None
+    except pv.checkpoint.WriteError as e:   # disk full, say: the message says what is still on disk
+        raise pv.checkpoint.WriteError(f"{e}; {_saved_epochs(args, out)}") from None
+    except OSError as e:   # a picture or TensorBoard file (the run's own files raise WriteError)
+        raise pv.checkpoint.WriteError(f"could not write {_where(e) or out} ({e.strerror or e}); "
+                                       f"{_saved_epochs(args, out)}") from None
     if not processes.is_main:
         return 0   # rank 0 wrote the scores and pictures
     folder = pv.checkpoint.RunFolder(out)
@@ -572,24 +590,73 @@ def cmd_explore(args):
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "explore": cmd_explore}
 
 
-def _on_sigterm(signum, frame):
-    raise Terminated()
+def _where(error):
+    """The path an OSError names, or its folder when it is a temporary file (whose name means nothing to users)."""
+    where = os.fspath(error.filename) if isinstance(error.filename, (str, os.PathLike)) else ""
+    if any(p.fullmatch(os.path.basename(where)) for p in pv.checkpoint._TEMPORARY):
+        where = os.path.dirname(where)
+    return where
+
+
+#: the signals received while :func:`main` imports the library. They are held until the imports finish:
+#: an exception raised in the middle of an import can leave a half-imported module that fails later with an
+#: unrelated error, or abort the interpreter when it crosses C++ code (seen with torch.distributed)
+_SIGNALLED = []
+_HOLDING = [False]
+
+
+def _on_signal(signum, frame):
+    _SIGNALLED.append(signum)
+    if not _HOLDING[0]:
+        _raise_for(signum)
+
+
+def _raise_for(signum):
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _build_parser_holding_signals():
+    _SIGNALLED.clear()
+    _HOLDING[0] = True
+    try:
+        parser = build_parser()   # the first use of the library: its imports happen here
+    except Exception:
+        if not _SIGNALLED:
+            raise
+    finally:
+        _HOLDING[0] = False
+    if _SIGNALLED:
+        _raise_for(signal.SIGTERM if signal.SIGTERM in _SIGNALLED else _SIGNALLED[0])
+    return parser
 
 
 def main(argv=None):
     try:
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        # Ctrl-C keeps Python's meaning (KeyboardInterrupt), and stays ignored where the caller ignores it
+        sigint = _on_signal if signal.getsignal(signal.SIGINT) is signal.default_int_handler else None
+        previous = signal.signal(signal.SIGTERM, _on_signal), sigint and signal.signal(signal.SIGINT, sigint)
     except ValueError:   # not the main thread: leave signals alone
         previous = None
     args = None
     try:
-        parser = build_parser()   # the first use of the library: its imports happen here
+        parser = _build_parser_holding_signals()
         args = parser.parse_args(argv)
         return COMMANDS[args.command](args)
     except pv.PyroVAEError as e:
         if args is not None and args.debug:
             raise
         print(f"pyro-vae: error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, MemoryError) as e:   # the system's refusals (an unwritable --out, a full disk, memory)
+        if args is not None and args.debug:
+            raise
+        if isinstance(e, MemoryError):
+            print("pyro-vae: error: out of memory; use smaller sizes (--batch-size, --num-samples, --num)",
+                  file=sys.stderr)
+        else:
+            where = _where(e)
+            print(f"pyro-vae: error: {where + ': ' if where else ''}{e.strerror or e}; check the path and its "
+                  f"permissions", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         if isinstance(e, Interrupted) or (isinstance(e, Terminated) and str(e)):
@@ -609,7 +676,9 @@ def main(argv=None):
         if "pyro_vae.distributed" in sys.modules:
             pv.distributed.shutdown()
         if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGTERM, previous[0])
+            if previous[1] is not None:
+                signal.signal(signal.SIGINT, previous[1])
 
 
 if __name__ == "__main__":

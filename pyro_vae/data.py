@@ -19,6 +19,7 @@ allocated (the readers take ``max_bytes`` / ``max_files`` to override the limits
 import collections
 import gzip
 import math
+import numbers
 import os
 import re
 import struct
@@ -264,6 +265,9 @@ class ImageDataset:
     def __init__(self, images, labels=None, binarize="none", seed=0, name="array", covariates=None,
                  classes=None):
         binarize = _check_binarize(binarize)
+        # the range torch.Generator.manual_seed takes; anything else (text, 1.5, None) is refused, used or not
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not -2 ** 63 <= seed < 2 ** 64:
+            raise ConfigError(f"seed must be a whole number (0 to 2**64 - 1), got {seed!r:.40}")
         images = _validate_images(images)
         labels = _validate_labels(labels, images.shape[0], images.device)
         covariates = _validate_covariates(covariates, images.shape[0], images.device)
@@ -1237,6 +1241,8 @@ def load(name="mnist5k", data_dir=None, binarize="none", test_binarize=None, see
     :raises DataError: on an unknown name, missing or corrupt files, or a failed download.
     """
     _check_binarize(binarize)
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        raise DataError(f"data_dir must be the path of a folder, got {data_dir!r:.40}")
     if test_binarize is None:
         test_binarize = "static" if binarize == "dynamic" else binarize
     _check_binarize(test_binarize, "test_binarize")

@@ -41,7 +41,8 @@ from . import networks as networks_module
 from . import priors as priors_module
 from .errors import ConfigError, DataError
 from .model import VAE, rebuild_part
-from .util import MAX_CLASSES, MAX_LATENT_DIM, MAX_WIDTH, image_shape as image_shape_of, positive, positive_int
+from .util import (MAX_CLASSES, MAX_LATENT_DIM, MAX_WIDTH, image_shape as image_shape_of, parameter_budget, positive,
+                   positive_int)
 
 __all__ = ["LabelledMLPEncoder", "MLPClassifier", "GaussianMLP", "ConditionalVAE", "M2", "HierarchicalVAE",
            "keep_labels", "without_labels", "accuracy"]
@@ -79,9 +80,12 @@ class LabelledMLPEncoder(nn.Module):
         latent_dim = positive_int("latent_dim", latent_dim, MAX_LATENT_DIM)
         # The first layer on [x, y] is W [x; y] = W_x x + W_y y. Keeping the two halves apart means that
         # when y is enumerated over K classes (M2), the image half is computed once instead of K times.
+        num_classes = positive_int("num_classes", num_classes, MAX_CLASSES)
+        parameter_budget("LabelledMLPEncoder", (math.prod(self.image_shape) + 1 + num_classes) * self.hidden[0])
         self.x_in = nn.Linear(math.prod(self.image_shape), self.hidden[0])
-        self.y_in = nn.Linear(positive_int("num_classes", num_classes, MAX_CLASSES), self.hidden[0], bias=False)
-        self.rest = nn.Sequential(nn.Softplus(), networks_module._mlp([*self.hidden, 2 * latent_dim], nn.Softplus))
+        self.y_in = nn.Linear(num_classes, self.hidden[0], bias=False)
+        self.rest = nn.Sequential(nn.Softplus(), networks_module._mlp([*self.hidden, 2 * latent_dim], nn.Softplus,
+                                                                      "LabelledMLPEncoder"))
 
     def config(self):
         return {"hidden": self.hidden}
@@ -105,7 +109,8 @@ class MLPClassifier(nn.Module):
         super().__init__()
         self.hidden = _widths("MLPClassifier", hidden)
         self.net = networks_module._mlp([math.prod(image_shape_of(image_shape)), *self.hidden,
-                                         positive_int("num_classes", num_classes, MAX_CLASSES)], nn.Softplus)
+                                         positive_int("num_classes", num_classes, MAX_CLASSES)], nn.Softplus,
+                                         "MLPClassifier")
 
     def forward(self, x):
         """:param x: images ``(..., C, H, W)``. :returns: logits ``(..., num_classes)``."""
@@ -121,7 +126,8 @@ class GaussianMLP(nn.Module):
     def __init__(self, in_dim, out_dim, hidden=(256,)):
         super().__init__()
         self.net = networks_module._mlp([positive_int("in_dim", in_dim, MAX_LATENT_DIM), *_widths("GaussianMLP", hidden),
-                                         2 * positive_int("out_dim", out_dim, MAX_LATENT_DIM)], nn.Softplus)
+                                         2 * positive_int("out_dim", out_dim, MAX_LATENT_DIM)], nn.Softplus,
+                                         "GaussianMLP")
 
     def forward(self, h):
         """:param h: ``(..., in_dim)``. :returns: ``(loc, scale)``, each ``(..., out_dim)``, scale > 0."""

@@ -182,6 +182,12 @@ class FiniteGuard(Hook):
         # and a checkpoint of them would fail again on resume
         if not bool(torch.stack([p.detach().isfinite().all() for p in trainer.parameters]).all()):
             raise TrainingError(f"the weights became NaN or infinite in epoch {epoch}; {advice}")
+        # within the epoch: a step's loss against the epoch's first step (both summed over a batch), so a
+        # run that explodes in its first epoch stops too
+        worst = int(losses.abs().argmax())
+        if diverged(losses[worst].item(), losses[0].item()):
+            raise TrainingError(f"the loss exploded to {losses[worst].item():.3g} at epoch {epoch}, step {worst + 1} "
+                                f"(step 1: {losses[0].item():.3g}); {advice}")
         reference = trainer.history[0]["train_elbo"] if trainer.history else None
         if diverged(record["train_elbo"], reference):
             raise TrainingError(f"the training objective exploded to {record['train_elbo']:.3g} nats per image in "

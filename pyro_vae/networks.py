@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .util import MAX_LATENT_DIM, MAX_WIDTH, positive, positive_int
+from .util import MAX_LATENT_DIM, MAX_WIDTH, parameter_budget, positive, positive_int
 from .util import image_shape as image_shape_of
 
 
@@ -33,7 +33,8 @@ def _activation(name):
     return cls
 
 
-def _mlp(sizes, activation):
+def _mlp(sizes, activation, who):
+    parameter_budget(who, sum(fan_in * fan_out + fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:])))
     layers = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(fan_in, fan_out))
@@ -72,7 +73,8 @@ class MLPEncoder(nn.Module):
         self.latent_dim = positive_int("latent_dim", latent_dim, MAX_LATENT_DIM)
         self.hidden = _widths(hidden)
         self.activation = activation
-        self.net = _mlp([math.prod(self.image_shape), *self.hidden, 2 * self.latent_dim], _activation(activation))
+        self.net = _mlp([math.prod(self.image_shape), *self.hidden, 2 * self.latent_dim], _activation(activation),
+                        "MLPEncoder")
 
     def config(self):
         return {"hidden": self.hidden, "activation": self.activation}
@@ -104,7 +106,7 @@ class MLPDecoder(nn.Module):
         self.hidden = _widths(hidden)
         self.activation = activation
         self.net = _mlp([positive_int("latent_dim", latent_dim, MAX_LATENT_DIM), *self.hidden, math.prod(self.out_shape)],
-                        _activation(activation))
+                        _activation(activation), "MLPDecoder")
 
     def config(self):
         return {"hidden": self.hidden, "activation": self.activation}
@@ -131,6 +133,8 @@ class ConvEncoder(nn.Module):
         _check_conv_size(self.image_shape, "ConvEncoder")
         latent_dim = positive_int("latent_dim", latent_dim, MAX_LATENT_DIM)
         channels, hidden = positive_int("channels", channels, MAX_WIDTH), positive_int("hidden", hidden, MAX_WIDTH)
+        parameter_budget("ConvEncoder", 16 * (c * channels + 2 * channels * channels) + 3 * channels
+                         + (2 * channels * (h // 4) * (w // 4) + 1) * hidden + (hidden + 1) * 2 * latent_dim)
         self.conv = nn.Sequential(
             nn.Conv2d(c, channels, 4, stride=2, padding=1), nn.SiLU(),
             nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1), nn.SiLU(),
@@ -167,6 +171,8 @@ class ConvDecoder(nn.Module):
         channels, hidden = positive_int("channels", channels, MAX_WIDTH), positive_int("hidden", hidden, MAX_WIDTH)
         self.out_shape = (params_per_pixel * c, h, w)
         self.start = (2 * channels, -(-h // 4), -(-w // 4))
+        parameter_budget("ConvDecoder", (latent_dim + 1) * hidden + (hidden + 1) * math.prod(self.start)
+                         + 16 * (2 * channels * channels + channels * self.out_shape[0]) + channels + self.out_shape[0])
         self.head = nn.Sequential(nn.Linear(int(latent_dim), hidden), nn.SiLU(),
                                   nn.Linear(hidden, math.prod(self.start)), nn.SiLU())
         self.deconv = nn.Sequential(

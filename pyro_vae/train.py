@@ -316,7 +316,7 @@ class Trainer:
         load_state(self.vae, state["model"], self.run.file("checkpoint.pt"))
         try:
             self.optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError, RuntimeError) as e:
+        except (ValueError, KeyError, RuntimeError, TypeError, IndexError) as e:
             raise CheckpointError(f"the optimizer state in {self.run.path} does not fit this model or optimizer "
                                   f"({' '.join(str(e).split())[:120]}); resume with the same optimizer") from None
         if self.settings.scheduler is None:   # a changed lr applies from now on (a schedule sets its own)
@@ -416,7 +416,8 @@ class Trainer:
 def _warn_unless_rebuildable(vae):
     """Warn when ``pv.load_run`` could not rebuild ``vae`` from config.json by itself."""
     try:
-        rebuilt = build_vae(vae.config)
+        with forked_rng("cpu"):   # the throwaway model's initial weights must not use the run's random stream
+            rebuilt = build_vae(vae.config)
         same = {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in vae.state_dict().items()}
         reason = None if same else "the rebuilt model's weights differ in names or shapes (does its config record " \
                                    "every constructor argument?)"

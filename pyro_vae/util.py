@@ -19,6 +19,8 @@ MAX_COMPONENTS = 10000      # mixture components, pseudo-inputs, flows
 MAX_PARTICLES = 10000       # samples per datapoint in a training objective
 MAX_IMAGES = 10000          # images drawn in one picture or one `pyro-vae sample`
 MAX_CLASSES = 10000
+MAX_VALUES_PER_IMAGE = 2 ** 26   # C * H * W of one image
+MAX_PARAMETERS = 2 ** 30         # weights of one network (4 GiB in float32)
 
 
 def positive_int(name, value, limit=None):
@@ -41,7 +43,18 @@ def image_shape(value):
         shape = None
     if shape is None or len(shape) != 3:
         raise ConfigError(f"image_shape must be three positive sizes (C, H, W), got {value!r:.80}")
-    return tuple(positive_int("each image_shape size", s, MAX_WIDTH) for s in shape)
+    shape = tuple(positive_int("each image_shape size", s, MAX_WIDTH) for s in shape)
+    if math.prod(shape) > MAX_VALUES_PER_IMAGE:
+        raise ConfigError(f"image_shape {shape} holds {math.prod(shape)} values per image, above the limit of "
+                          f"{MAX_VALUES_PER_IMAGE}; use smaller images")
+    return shape
+
+
+def parameter_budget(who, count):
+    """Refuses (:class:`ConfigError`) a network of more than :data:`MAX_PARAMETERS` weights before it is built."""
+    if count > MAX_PARAMETERS:
+        raise ConfigError(f"{who} would have {count} weights, above the limit of {MAX_PARAMETERS}; use smaller "
+                          f"hidden widths, channels or latent_dim")
 
 
 def positive_number(name, value):
