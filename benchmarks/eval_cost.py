@@ -17,7 +17,6 @@ Prints a table and writes JSON (``--json``, default ``benchmarks/results/eval-co
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import sys
@@ -29,6 +28,7 @@ import pyro
 import pyro.distributions as dist
 
 import pyro_vae as pv
+from pyro_vae.checkpoint import save_json
 
 DEFAULT = "N(0, I)"
 
@@ -162,8 +162,7 @@ def main(argv=None):
         print(f"{r['prior']:{width}s}  {r['seconds']:8.2f}  {r['ratio_to_default']:9.2f}  {r['log_px']:9.2f}{extra}")
     out = args.json or os.path.join(os.path.dirname(__file__), "results", "eval-cost.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=2)
+    save_json(result, out)
     print(f"wrote {out}")
     return result
 

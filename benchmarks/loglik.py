@@ -11,7 +11,6 @@ Prints the result and writes JSON (``--json``, default ``benchmarks/results/logl
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -19,6 +18,7 @@ import time
 import torch
 
 import pyro_vae as pv
+from pyro_vae.checkpoint import save_json
 
 
 def main(argv=None):
@@ -73,8 +73,7 @@ def main(argv=None):
           f"test images; ELBO {elbo:.2f}) in {seconds:.1f} s on {device}")
     out = args.json or os.path.join(os.path.dirname(__file__), "results", f"loglik-{dataset}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=2)
+    save_json(result, out)
     print(f"wrote {out}")
     return result
 

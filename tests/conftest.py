@@ -33,3 +33,28 @@ def digits_grey():
 @pytest.fixture(scope="session")
 def mnist5k():
     return pv.data.load("mnist5k", binarize="dynamic")
+
+
+@pytest.fixture(scope="session")
+def train_small_model():
+    """``train(kind, train, top_latent=3)``: a tiny model of ``kind`` ("vae", "cvae", "m2" or "hvae") trained for two
+    epochs on 500 of the 8x8 digits, enough to give its codes some structure (the picture tests check what the
+    pictures show against the model, not how good the model is). ``top_latent``: the latent size of cvae and
+    of hvae's z2 (vae has 4, m2 3)."""
+    def train_model(kind, train, top_latent=3):
+        torch.manual_seed(0)
+        train = train.subset(range(500))
+        if kind == "vae":
+            vae = pv.VAE(image_shape=(1, 8, 8), latent_dim=4, hidden=(32,))
+        elif kind == "cvae":
+            vae = pv.extended.ConditionalVAE(image_shape=(1, 8, 8), latent_dim=top_latent, num_classes=10,
+                                             hidden=(32,))
+        elif kind == "m2":   # every label kept: nothing to enumerate, so the plain ELBO and a fast fit
+            vae = pv.extended.M2(image_shape=(1, 8, 8), latent_dim=3, num_classes=10, hidden=(32,),
+                                 classifier_hidden=(32,))
+        else:
+            vae = pv.extended.HierarchicalVAE(image_shape=(1, 8, 8), latent_dims=(4, top_latent), hidden=(32,),
+                                              latent_hidden=(16,))
+        pv.fit(vae, train, epochs=2, progress=False, device="cpu")
+        return vae.eval()
+    return train_model

@@ -20,28 +20,12 @@ KINDS = ("vae", "cvae", "m2", "hvae")
 STEPS = 9
 
 
-def _train(kind, train):
-    """A tiny model trained for two epochs on 500 digits. Top latents: 4-D (vae), 2-D (cvae, hvae's z2), 3-D (m2),
-    so the page is checked with and without the 2-D manifold."""
-    torch.manual_seed(0)
-    train = train.subset(range(500))
-    if kind == "vae":
-        vae = pv.VAE(image_shape=(1, 8, 8), latent_dim=4, hidden=(32,))
-    elif kind == "cvae":
-        vae = pv.extended.ConditionalVAE(image_shape=(1, 8, 8), latent_dim=2, num_classes=10, hidden=(32,))
-    elif kind == "m2":   # every label kept: nothing to enumerate, so the plain ELBO
-        vae = pv.extended.M2(image_shape=(1, 8, 8), latent_dim=3, num_classes=10, hidden=(32,), classifier_hidden=(32,))
-    else:
-        vae = pv.extended.HierarchicalVAE(image_shape=(1, 8, 8), latent_dims=(4, 2), hidden=(32,), latent_hidden=(16,))
-    pv.fit(vae, train, epochs=2, progress=False, device="cpu")
-    return vae.eval()
-
-
 @pytest.fixture(scope="module", params=KINDS)
-def page(request, digits_binary, tmp_path_factory):
-    """``(kind, vae, test set, path of its explorer.html)``."""
+def page(request, digits_binary, tmp_path_factory, train_small_model):
+    """``(kind, vae, test set, path of its explorer.html)``. Top latents: 4-D (vae), 2-D (cvae, hvae's z2),
+    3-D (m2), so the page is checked with and without the 2-D manifold."""
     train, test = digits_binary
-    vae = _train(request.param, train)
+    vae = train_small_model(request.param, train, top_latent=2)
     path = explorer.write_html(vae, test, tmp_path_factory.mktemp(request.param) / "explorer.html", steps=STEPS)
     return request.param, vae, test, path
 

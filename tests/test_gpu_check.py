@@ -1,5 +1,5 @@
 """The GPU check script's CPU dry run (``bash benchmarks/gpu_check.sh --device cpu --smoke``), so that the one
-script a GPU session runs unedited cannot rot. (This file's name and its tests' names must not contain the
+script meant to run unedited on a GPU cannot rot. (This file's name and its tests' names must not contain the
 word the script selects its tests by, or the script would run itself.)"""
 
 import json

@@ -257,28 +257,10 @@ def test_save_all_without_labels(digits, tmp_path):
 KINDS = ("vae", "cvae", "m2", "hvae")
 
 
-def _train(kind, train):
-    """A tiny model of ``kind`` trained for two epochs on 500 of the 8x8 digits (enough to give its codes some
-    structure; the tests check what the pictures show against the model, not how good the model is)."""
-    torch.manual_seed(0)
-    train = train.subset(range(500))
-    if kind == "vae":
-        vae = pv.VAE(image_shape=(1, 8, 8), latent_dim=4, hidden=(32,))
-    elif kind == "cvae":
-        vae = pv.extended.ConditionalVAE(image_shape=(1, 8, 8), latent_dim=3, num_classes=10, hidden=(32,))
-    elif kind == "m2":
-        # every label kept: no label to enumerate, so the plain ELBO, and a fast fit
-        vae = pv.extended.M2(image_shape=(1, 8, 8), latent_dim=3, num_classes=10, hidden=(32,), classifier_hidden=(32,))
-    else:
-        vae = pv.extended.HierarchicalVAE(image_shape=(1, 8, 8), latent_dims=(4, 3), hidden=(32,), latent_hidden=(16,))
-    pv.fit(vae, train, epochs=2, progress=False, device="cpu")
-    return vae.eval()
-
-
 @pytest.fixture(scope="module", params=KINDS)
-def trained(request, digits_binary):
+def trained(request, digits_binary, train_small_model):
     train, test = digits_binary
-    return request.param, _train(request.param, train), test
+    return request.param, train_small_model(request.param, train), test
 
 
 def _shown(fig):
