@@ -59,6 +59,11 @@ _TEMPORARY = (re.compile(r"\.tmp-.*"), re.compile(r"\..+\.[a-z0-9_]{8}\.tmp"))
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
+def is_temporary(name):
+    """Whether the file name ``name`` (no folder) is one of :data:`_TEMPORARY`: a writer's unfinished file."""
+    return any(p.fullmatch(name) for p in _TEMPORARY)
+
+
 class WriteError(CheckpointError):
     """A file of a run folder could not be written (disk full, quota, a folder removed); the previous version of
     the file is intact."""
@@ -322,7 +327,7 @@ def _problem(state, best=False):
     if not isinstance(state, dict) or not _is_whole(state.get("format")) or state["format"] != FORMAT_VERSION:
         return f"not a pyro_vae checkpoint (format {FORMAT_VERSION})"
     epoch = state.get("epoch")
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+    if not _is_whole(epoch, 1):
         return f"its epoch is {_short(epoch, 40)}, not a whole number >= 1"
     model = state.get("model")
     if not (isinstance(model, dict) and model and all(isinstance(k, str) and isinstance(v, torch.Tensor)
@@ -598,7 +603,7 @@ class RunFolder:
 
     def _temporary_files(self):
         try:
-            return [n for n in os.listdir(self.path) if any(p.fullmatch(n) for p in _TEMPORARY)]
+            return [n for n in os.listdir(self.path) if is_temporary(n)]
         except OSError:
             return []
 
@@ -609,7 +614,7 @@ class RunFolder:
         except OSError as e:
             raise CheckpointError(f"cannot read output folder {self.path} ({e.strerror or e}); choose another "
                                   f"folder") from None
-        others = [n for n in names if n not in (LOCK, METRICS_LOCK) and not any(p.fullmatch(n) for p in _TEMPORARY)]
+        others = [n for n in names if n not in (LOCK, METRICS_LOCK) and not is_temporary(n)]
         if others and not self.is_run():
             shown = ", ".join(sorted(others)[:3]) + (", ..." if len(others) > 3 else "")
             raise CheckpointError(f"{self.path} holds files that are not a pyro-vae run ({shown}); choose an empty "

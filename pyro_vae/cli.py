@@ -593,7 +593,7 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, 
 def _where(error):
     """The path an OSError names, or its folder when it is a temporary file (whose name means nothing to users)."""
     where = os.fspath(error.filename) if isinstance(error.filename, (str, os.PathLike)) else ""
-    if any(p.fullmatch(os.path.basename(where)) for p in pv.checkpoint._TEMPORARY):
+    if pv.checkpoint.is_temporary(os.path.basename(where)):
         where = os.path.dirname(where)
     return where
 

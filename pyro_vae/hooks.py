@@ -185,9 +185,10 @@ class FiniteGuard(Hook):
         # within the epoch: a step's loss against the epoch's first step (both summed over a batch), so a
         # run that explodes in its first epoch stops too
         worst = int(losses.abs().argmax())
-        if diverged(losses[worst].item(), losses[0].item()):
-            raise TrainingError(f"the loss exploded to {losses[worst].item():.3g} at epoch {epoch}, step {worst + 1} "
-                                f"(step 1: {losses[0].item():.3g}); {advice}")
+        largest, first = losses[worst].item(), losses[0].item()
+        if diverged(largest, first):
+            raise TrainingError(f"the loss exploded to {largest:.3g} at epoch {epoch}, step {worst + 1} "
+                                f"(step 1: {first:.3g}); {advice}")
         reference = trainer.history[0]["train_elbo"] if trainer.history else None
         if diverged(record["train_elbo"], reference):
             raise TrainingError(f"the training objective exploded to {record['train_elbo']:.3g} nats per image in "
