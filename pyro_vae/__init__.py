@@ -16,10 +16,11 @@ import importlib
 
 __version__ = "0.1.0"
 
-_MODULES = ("checkpoint", "cli", "data", "distributed", "errors", "evaluate", "explorer", "extended", "guides",
+_MODULES = ("adapter", "checkpoint", "cli", "contract", "data", "distributed", "errors", "evaluate", "explorer", "extended", "guides",
             "hooks", "likelihoods", "model", "networks", "plots", "priors", "train", "util")
 #: name -> the module that defines it
 _NAMES = {"VAE": "model", "build_vae": "model", "fit": "train", "load_run": "checkpoint",
+          "check_model": "contract", "wrap": "adapter",
           "resolve_device": "distributed", "PyroVAEError": "errors", "DataError": "errors", "ConfigError": "errors",
           "CheckpointError": "errors", "TrainingError": "errors"}
 

@@ -9,7 +9,9 @@ A run folder holds
   a crafted file cannot run code (and only when it is torch's zip format: anything else is named for what
   it is), and checked (keys, types, finite weights, optimizer and RNG states torch can take back, epoch =
   history length, config = config.json) before anything is restored from it;
-* ``best.pt`` — with early stopping, the weights of the epoch with the best test ELBO (same format);
+* ``best.pt`` — with early stopping, the weights of the epoch with the best test ELBO (same format); the
+  checkpoint keeps them too, and a resumed run writes ``best.pt`` again from it, so a kill between the two
+  writes never leaves best weights of an epoch the history does not hold;
 * ``metrics.json`` — the history, the final test scores and every later ``pyro-vae evaluate``, merged under
   a lock so that concurrent writers never drop each other's entries;
 * pictures, and ``.lock``, which the training process holds (``flock``) while it writes the folder.
@@ -33,6 +35,7 @@ import torch
 
 from .errors import CheckpointError
 from .model import build_vae
+from .util import model_budget
 
 try:
     import fcntl
@@ -348,7 +351,27 @@ def _problem(state, best=False):
     ranks = state.get("rng_ranks")
     if ranks is not None and not (isinstance(ranks, list) and all(_is_rng_states(r) for r in ranks)):
         return "its per-process random-number states are malformed"
-    return _hooks_problem(state.get("hooks", {}))
+    return _hooks_problem(state.get("hooks", {})) or _best_weights_problem(state.get("hooks", {}), model, epoch)
+
+
+def _best_weights_problem(hooks, model, epoch):
+    """What is wrong with the best epoch's weights early stopping keeps in the checkpoint, or ``None``: they
+    must be finite and have the model's names and shapes, and belong to an epoch the history holds."""
+    stopping = hooks.get("early_stopping") or {}
+    best_epoch, weights = stopping.get("best_epoch"), stopping.get("best_model")
+    if best_epoch is not None and best_epoch > epoch:
+        return f"its best epoch {best_epoch} is after its last epoch {epoch}"
+    if weights is None:
+        return None
+    if not (isinstance(weights, dict) and set(weights) == set(model)
+            and all(isinstance(v, torch.Tensor) and v.shape == model[k].shape and v.dtype == model[k].dtype
+                    for k, v in weights.items())):
+        return "its best epoch's weights do not match its model weights"
+    if best_epoch is None or best_epoch == epoch:
+        return "it keeps best weights without a best epoch before its last one"
+    if not all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point()):
+        return "its best epoch's weights are NaN or infinite"
+    return None
 
 
 #: what the first bytes of some common files say they are (a PyTorch checkpoint is a zip archive)
@@ -765,7 +788,8 @@ def load_run(run_dir, device="cpu", model_class=None, best=True, **parts):
         raise CheckpointError(f"run folder {run_dir} does not exist; train first with pyro-vae train --out {run_dir}")
     folder = RunFolder(run_dir, main=False)
     config = folder.config()
-    vae = build_vae(config["vae"], model_class=model_class, **parts)
+    with model_budget():   # a config.json can name sizes no machine holds: refused before allocating
+        vae = build_vae(config["vae"], model_class=model_class, **parts)
     use_best = best and folder.has(BEST)
     state = folder.load_checkpoint(best=use_best)
     # (load_checkpoint has refused NaN or infinite weights)

@@ -7,7 +7,8 @@ This module is the only place that maps names (strings) to classes; the library 
     pyro-vae evaluate runs/cb2d --num-samples 5000
     pyro-vae sample runs/cb2d --num 100
     pyro-vae explore runs/cb2d --html               # interpolation, traversal and a page to explore them
-    pyro-vae train --objective iwae --num-particles 5 --beta 1 --warmup 10
+    pyro-vae train --objective iwae --num-particles 5
+    pyro-vae train --beta 4 --warmup 10                 # a beta-VAE with KL warm-up
     pyro-vae train --jit                            # the same ELBO compiled by torch.jit: less Python per step
     pyro-vae train --compile                        # Trace_ELBO traced once and replayed: no GPU sync per step
     pyro-vae train --lr-schedule cosine --early-stopping 10 --tensorboard
@@ -21,6 +22,7 @@ SIGTERM at any moment, start-up included, ends with one line saying what is on d
 import argparse
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -112,6 +114,8 @@ MAX_BATCH = 10 ** 6
 MAX_EVAL_SAMPLES = 10 ** 6
 #: a learning rate above this makes every optimizer here diverge in its first step
 MAX_LR = 10.0
+#: bound of a whole-number flag without a tighter one of its own (--labels): far beyond any dataset
+MAX_COUNT = 10 ** 12
 
 
 class Parser(argparse.ArgumentParser):
@@ -137,15 +141,29 @@ def _number(kind, allow_zero=False, limit=None):
     what = f"{'non-negative' if allow_zero else 'positive'} {'whole number' if kind is int else 'number'}"
 
     def parse(value):
-        try:
-            number = kind(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {what}, got {value[:40]!r}") from None
+        if kind is int:
+            # read as digits and compared as integers: a 400-digit count must not reach float(), which overflows
+            digits = value.strip()
+            if not re.fullmatch(r"\+?[0-9]+", digits):
+                raise argparse.ArgumentTypeError(f"expected a {what}, got {value[:40]!r}")
+            digits = digits.lstrip("+").lstrip("0") or "0"
+            if len(digits) > len(str(bound)):
+                raise argparse.ArgumentTypeError(f"{value[:40]}{'...' if len(value) > 40 else ''} is above the limit "
+                                                 f"of {bound}; use a smaller value")
+            number = int(digits)
+        else:
+            try:
+                number = float(value)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected a {what}, got {value[:40]!r}") from None
         if not (math.isfinite(number) and (number >= 0 if allow_zero else number > 0)):
             raise argparse.ArgumentTypeError(f"expected a {what}, got {value[:40]!r}")
-        if limit is not None and number > limit:
-            raise argparse.ArgumentTypeError(f"{value[:40]} is above the limit of {limit:g}; use a smaller value")
+        if number > bound:
+            shown = f"{bound}" if kind is int else f"{bound:g}"
+            raise argparse.ArgumentTypeError(f"{value[:40]} is above the limit of {shown}; use a smaller value")
         return number
+
+    bound = (MAX_COUNT if kind is int else math.inf) if limit is None else limit
     return parse
 
 
@@ -222,7 +240,7 @@ def build_parser():
                             "host-device sync per step (replay, the default); compile also compiles it with "
                             "torch.compile (CUDA graphs on a GPU; slow to start)")
     train.add_argument("--beta", type=_positive(float), default=1.0, help="weight of the KL term (beta-VAE)")
-    train.add_argument("--warmup", type=_non_negative_int, default=0,
+    train.add_argument("--warmup", type=_number(int, allow_zero=True, limit=MAX_EPOCHS), default=0,
                        help="KL warm-up: the KL weight grows linearly to --beta over this many epochs")
     train.add_argument("--binarize", type=_choice(pv.data.BINARIZATIONS, "binarization"), default=None,
                        help="none, static or dynamic (default: dynamic for bernoulli, else none)")
@@ -268,6 +286,11 @@ def build_parser():
     explore.add_argument("--html", action="store_true", help="also write explorer.html, a page to browse them")
     explore.add_argument("--out", default=None, help="folder for the pictures (default: the run folder)")
     explore.add_argument("--device", default="auto")
+    for command in (ev, sample, explore):
+        command.add_argument("--model-class", default=None, metavar="MODULE:CLASS",
+                             help="the model class of a run trained from Python with a class of your own: "
+                                  "module:Class (a module in the current folder or on sys.path) or "
+                                  "path/to/file.py:Class; imported from this flag only, never from the run's files")
     return parser
 
 
@@ -411,7 +434,26 @@ def _objective(args):
     return loss, {"name": args.objective, "loss": type(loss).__name__, "num_particles": particles}
 
 
+#: the flag that sets the size of each network the CLI builds, for a model too large to build
+BUDGET_FLAGS = {"MLPEncoder": "--hidden", "MLPDecoder": "--hidden", "LabelledMLPEncoder": "--hidden",
+                "MLPClassifier": "--hidden", "GaussianMLP": "--top-latent-dim or --latent-dim",
+                "ConvEncoder": "--latent-dim (or --network mlp for large images)",
+                "ConvDecoder": "--latent-dim (or --network mlp for large images)",
+                "FlowPrior": "--flow-hidden or --num-flows", "IAF": "--flow-hidden or --num-flows",
+                "VampPrior": "--num-pseudo-inputs", "MixtureOfGaussians": "--num-components"}
+
+
 def _build_model(args, train, likelihood, num_classes=None):
+    """The model of ``args``, every network counted toward one memory budget before it is allocated."""
+    try:
+        with pv.util.model_budget():
+            return _build_parts(args, train, likelihood, num_classes)
+    except pv.util.BudgetError as e:
+        flag = BUDGET_FLAGS.get(e.largest, "--hidden")
+        raise pv.ConfigError(f"{str(e).rsplit(';', 1)[0]}; use a smaller {flag}") from None
+
+
+def _build_parts(args, train, likelihood, num_classes=None):
     kind = args.model
     prior, posterior = PRIORS[args.prior](args), GUIDES[args.guide](args)
     if kind in _LABELLED:
@@ -543,8 +585,108 @@ def _print_metrics(m):
         print(f"test accuracy of q(y|x): {m['accuracy']:.4f}")
 
 
+def _reason(error):
+    """An exception as one short line: its type and message."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:160]}"
+
+
+def _import_module(where, spec):
+    """The module of ``--model-class``: a file ``path/to/file.py`` or a dotted name (current folder first, as
+    ``python -m`` has it, then ``sys.path``). Either runs the user's code: that is what the flag asks for."""
+    import importlib
+    import importlib.util
+    if where.endswith(".py"):
+        path = os.path.abspath(os.path.expanduser(where))
+        if not os.path.isfile(path):
+            raise pv.ConfigError(f"--model-class {spec}: there is no file {where}; give the path of the .py file that "
+                                 f"defines the class")
+        name = "_pyro_vae_model_class_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+        module = importlib.util.module_from_spec(importlib.util.spec_from_file_location(name, path))
+        sys.modules[name] = module   # before it runs, as import does (dataclasses and pickling look it up)
+        folder = os.path.dirname(path)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)   # so it imports the modules beside it, as `python file.py` would
+        try:
+            module.__spec__.loader.exec_module(module)
+        except Exception as e:
+            del sys.modules[name]
+            raise pv.ConfigError(f"--model-class {spec}: importing {where} failed ({_reason(e)}); fix that "
+                                 f"file") from None
+        return module
+    if not all(part.isidentifier() for part in where.split(".")):
+        raise pv.ConfigError(f"--model-class {spec!r:.80} names neither a module nor a .py file before the colon; "
+                             f"write module:Class or path/to/file.py:Class")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(where)
+    except ModuleNotFoundError as e:
+        if e.name == where or where.startswith(f"{e.name}."):
+            raise pv.ConfigError(f"--model-class {spec}: no module {where!r} in the current folder or on sys.path; "
+                                 f"run from the folder that holds it, or give its file: --model-class "
+                                 f"path/to/{where.split('.')[-1]}.py:{spec.rpartition(':')[2]}") from None
+        raise pv.ConfigError(f"--model-class {spec}: importing {where} failed (it imports {e.name!r}, which is not "
+                             f"installed); install {e.name} or fix {where}") from None
+    except Exception as e:
+        raise pv.ConfigError(f"--model-class {spec}: importing {where} failed ({_reason(e)}); fix that "
+                             f"module") from None
+
+
+def _import_model_class(spec):
+    """The class ``--model-class module:Class`` (or ``path/to/file.py:Class``) names."""
+    where, colon, name = spec.rpartition(":")
+    if not (colon and where and all(part.isidentifier() for part in name.split("."))):
+        raise pv.ConfigError(f"--model-class {spec!r:.80} is not module:Class; write e.g. --model-class "
+                             f"mymodels:MyVAE, or --model-class path/to/mymodels.py:MyVAE")
+    module = _import_module(where, spec)
+    found = module
+    for part in name.split("."):
+        if not hasattr(found, part):
+            own = sorted(n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, pv.VAE)
+                         and v.__module__ == module.__name__)
+            listed = f" (its model classes: {', '.join(own)})" if own else ""
+            raise pv.ConfigError(f"--model-class {spec}: {where} has no attribute {name!r}{listed}; name the "
+                                 f"class after the colon")
+        found = getattr(found, part)
+    if not isinstance(found, type):
+        raise pv.ConfigError(f"--model-class {spec}: {name} is a {type(found).__name__}, not a class; name the "
+                             f"model class (e.g. a pv.VAE subclass)")
+    return found
+
+
+def _recorded_model(run):
+    """The model class name a run's config.json records, or ``None`` when it cannot be read."""
+    try:
+        config = pv.checkpoint.RunFolder(run, main=False).config()
+    except pv.PyroVAEError:
+        return None
+    entry = config.get("vae") if isinstance(config, dict) else None
+    name = entry.get("model", "VAE") if isinstance(entry, dict) else None
+    return name if isinstance(name, str) and name.isidentifier() else None
+
+
 def _load_run(args):
-    return pv.load_run(args.run, device=pv.distributed.resolve_device(args.device))
+    """``pv.load_run`` for evaluate/sample/explore, with ``--model-class``; a refusal about the class names the flag.
+
+    config.json only names the run's class: it is compared with the class the flag imports, never imported."""
+    model_class = None if args.model_class is None else _import_model_class(args.model_class)
+    try:
+        return pv.load_run(args.run, device=pv.distributed.resolve_device(args.device), model_class=model_class)
+    except pv.ConfigError:
+        recorded, own = _recorded_model(args.run), pv.model.model_classes()
+        if recorded is None or (model_class is not None and recorded == model_class.__name__):
+            raise
+        if model_class is None and recorded not in own:
+            raise pv.ConfigError(f"{args.run} was trained with a model class of your own, {recorded}; pass it with "
+                                 f"--model-class module:{recorded} (the module that defines it, in the current "
+                                 f"folder or on sys.path) or --model-class path/to/file.py:{recorded}") from None
+        if model_class is not None and recorded in own:
+            raise pv.ConfigError(f"{args.run} was trained with pyro_vae's own {recorded}, not "
+                                 f"{model_class.__name__}; drop --model-class") from None
+        if model_class is not None:
+            raise pv.ConfigError(f"{args.run} was trained with the model class {recorded}, not "
+                                 f"{model_class.__name__}; pass --model-class module:{recorded}") from None
+        raise
 
 
 def cmd_evaluate(args):
@@ -630,6 +772,15 @@ def _build_parser_holding_signals():
     return parser
 
 
+def _out_of_memory(error):
+    """Whether ``error`` is torch's refusal to allocate (its CPU allocator raises a plain RuntimeError)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(error, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    text = str(error)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
+
+
 def main(argv=None):
     try:
         # Ctrl-C keeps Python's meaning (KeyboardInterrupt), and stays ignored where the caller ignores it
@@ -647,12 +798,14 @@ def main(argv=None):
             raise
         print(f"pyro-vae: error: {e}", file=sys.stderr)
         return 2
-    except (OSError, MemoryError) as e:   # the system's refusals (an unwritable --out, a full disk, memory)
+    except (OSError, MemoryError, RuntimeError) as e:   # the system's refusals (an unwritable --out, a full disk, memory)
         if args is not None and args.debug:
             raise
-        if isinstance(e, MemoryError):
-            print("pyro-vae: error: out of memory; use smaller sizes (--batch-size, --num-samples, --num)",
-                  file=sys.stderr)
+        if isinstance(e, RuntimeError) and not _out_of_memory(e):
+            raise
+        if isinstance(e, (MemoryError, RuntimeError)):
+            print("pyro-vae: error: out of memory; use smaller sizes (--hidden, --flow-hidden, --batch-size, "
+                  "--num-samples, --num)", file=sys.stderr)
         else:
             where = _where(e)
             print(f"pyro-vae: error: {where + ': ' if where else ''}{e.strerror or e}; check the path and its "

@@ -34,6 +34,7 @@ import pyro
 import pyro.poutine as poutine
 
 from .errors import DataError
+from .contract import CHECK_IMAGES, check_model
 from .model import uses_labels
 from .util import positive_int
 
@@ -43,9 +44,9 @@ MAX_PAIRS = 2 ** 15
 
 
 def _vectorize(fn, num_particles):
-    def wrapped(*args, **kwargs):
+    def wrapped(x, y, inputs):
         with pyro.plate("particles", num_particles, dim=-2):
-            return fn(*args, **kwargs)
+            return fn(x, y, **inputs)
     return wrapped
 
 
@@ -64,6 +65,15 @@ def eval_mode(vae):
 def log_weight_terms(vae, x, y=None, num_particles=1, **kwargs):
     """Per-datapoint terms of the importance weights log p(x, z) - log q(z|x), for z ~ q(z|x).
 
+    Latent sites of the model that the guide lacks and that are marked for enumeration
+    (``infer={"enumerate": "parallel"}``, e.g. the cluster of a Gaussian-mixture VAE) are summed out
+    exactly: Pyro's ``poutine.enum`` puts each one's values in a dimension of its own left of the particle
+    dimension, and the joint log-density is log-sum-exp'ed over them, so ``log p(x, z)`` is
+    ``log sum_c p(x, z, c)``. The split of that sum into its two named parts uses the exact posterior
+    p(c | x, z) of the summed-out sites: ``log_likelihood`` = E_{p(c|x,z)}[log p(x | z, c)] and
+    ``log_prior`` = log p(x, z) - ``log_likelihood``. Sites the guide enumerates are drawn from the guide,
+    which keeps every estimate unbiased (an ELBO) or consistent (log p(x)).
+
     :param vae: anything with ``model(x, y)`` and ``guide(x, y)`` using a ``data`` plate at dim -1.
     :param x: images ``(N, C, H, W)`` on the model's device.
     :param y: optional labels ``(N,)``, passed to the model and guide as they are (unlike :func:`elbo`, which
@@ -74,21 +84,34 @@ def log_weight_terms(vae, x, y=None, num_particles=1, **kwargs):
         ``log_prior`` (latent sites of the model, log p(z)), ``log_posterior`` (guide sites, log q(z|x)).
     """
     shape = (num_particles, x.shape[-4])
-    guide_trace = poutine.trace(_vectorize(vae.guide, num_particles)).get_trace(x, y, **kwargs)
-    model_trace = poutine.trace(
-        poutine.replay(_vectorize(vae.model, num_particles), trace=guide_trace)).get_trace(x, y, **kwargs)
+    guide, model = _vectorize(vae.guide, num_particles), _vectorize(vae.model, num_particles)
+    guide_trace = poutine.trace(guide).get_trace(x, y, kwargs)
+    # enumeration dims start left of the particle (-2) and data (-1) dims; sites without an "enumerate"
+    # mark, and every site the guide drew, pass through unchanged
+    model_trace = poutine.trace(poutine.enum(poutine.replay(model, trace=guide_trace),
+                                             first_available_dim=-3)).get_trace(x, y, kwargs)
     model_trace.compute_log_prob()
     guide_trace.compute_log_prob()
     zero = x.new_zeros(shape)
-    terms = {"log_likelihood": zero, "log_prior": zero, "log_posterior": zero}
+    observed, latent, enumerated = [], [], False
     for name, site in model_trace.nodes.items():
         if site["type"] == "sample":
-            key = "log_likelihood" if site["is_observed"] else "log_prior"
-            terms[key] = terms[key] + site["log_prob"].expand(shape)
-    for name, site in guide_trace.nodes.items():
-        if site["type"] == "sample" and not site["is_observed"]:
-            terms["log_posterior"] = terms["log_posterior"] + site["log_prob"].expand(shape)
-    return terms
+            (observed if site["is_observed"] else latent).append(site["log_prob"])
+            enumerated = enumerated or site["infer"].get("_enumerate_dim") is not None
+    log_posterior = sum((site["log_prob"].expand(shape) for site in guide_trace.nodes.values()
+                         if site["type"] == "sample" and not site["is_observed"]), zero)
+    if not enumerated:
+        return {"log_likelihood": sum((t.expand(shape) for t in observed), zero),
+                "log_prior": sum((t.expand(shape) for t in latent), zero), "log_posterior": log_posterior}
+    full = torch.broadcast_shapes(shape, *(t.shape for t in observed + latent))
+    log_obs = sum((t.expand(full) for t in observed), x.new_zeros(full))
+    joint = log_obs + sum((t.expand(full) for t in latent), x.new_zeros(full))
+    enum_dims = tuple(range(len(full) - 2))
+    log_joint = torch.logsumexp(joint, dim=enum_dims)
+    posterior = torch.exp(joint - log_joint)       # p(enumerated sites | x, z), exact
+    # 0 * -inf where a configuration is impossible: it has no posterior mass, so it contributes nothing
+    expected_obs = torch.where(posterior > 0, posterior * log_obs, torch.zeros_like(log_obs)).sum(enum_dims)
+    return {"log_likelihood": expected_obs, "log_prior": log_joint - expected_obs, "log_posterior": log_posterior}
 
 
 def _device(vae):
@@ -145,6 +168,15 @@ def check_data(vae, data, role="evaluation"):
         vae.check_data(data)
 
 
+def check(vae, data):
+    """:func:`~pyro_vae.contract.check_model` on the first images of ``data`` as the scores see them (in eval
+    mode, with the labels :func:`elbo` would pass), so a model that breaks the contract is refused with the
+    reason instead of scored wrongly. :returns: the :class:`~pyro_vae.contract.Contract`."""
+    x, y, kwargs = next(_batches(data, CHECK_IMAGES, _device(vae)))
+    with eval_mode(vae):
+        return check_model(vae, x, _scored_labels(vae, y), **kwargs)
+
+
 @torch.no_grad()
 def elbo(vae, data, num_samples=1, batch_size=500):
     """Monte Carlo ELBO and its two parts, averaged over datapoints.
@@ -156,6 +188,7 @@ def elbo(vae, data, num_samples=1, batch_size=500):
         labels, see the module docstring for which bound it is (log p(x|y) or log p(x)).
     """
     check_data(vae, data)
+    check(vae, data)
     sums = {"reconstruction": 0.0, "kl": 0.0}
     count = 0
     with eval_mode(vae):
@@ -190,6 +223,7 @@ def log_likelihood(vae, data, num_samples=1000, batch_size=None, reduce=True, ma
     """
     check_data(vae, data)
     num_samples = positive_int("num_samples", num_samples)
+    check(vae, data)
     batch_size = batch_size or max(1, max_pairs // min(num_samples, 100))
     sample_chunk = max(1, min(num_samples, max_pairs // batch_size))
     results = []
@@ -239,10 +273,15 @@ def bits_per_dim(nats, image_shape):
     return nats / (math.prod(image_shape) * math.log(2))
 
 
-def report(vae, data, num_samples=1000, elbo_samples=1, progress=False):
+def report(vae, data, num_samples=1000, elbo_samples=1, progress=False, diagnostics=False, train=None,
+           classifier_cache=None, diagnostics_settings=None):
     """Everything at once: ELBO with its parts, log p(x) with ``num_samples`` samples, bits/dim, active units.
 
     :param bool progress: a progress bar over the importance-sampled log-likelihood, the slow part.
+    :param bool diagnostics: also the entries of :func:`pyro_vae.diagnostics.diagnose`: ``diagnostics`` (KL per
+        dimension, I(x; z), amortisation and approximation gaps) and, given the labelled ``train`` set,
+        ``sample_quality`` and ``posterior_predictive`` (with the feature classifier cached in
+        ``classifier_cache``); ``diagnostics_settings`` overrides :data:`pyro_vae.diagnostics.DEFAULTS`.
     :returns: dict of floats (nats per datapoint) plus the settings they were computed with, the dataset's
         name, ``quantity``, what ``log_likelihood`` estimates in words (see :func:`quantity`), and for a model
         that generates labels (M2) the ``accuracy`` of its classifier on labelled data.
@@ -258,6 +297,10 @@ def report(vae, data, num_samples=1000, elbo_samples=1, progress=False):
     result["num_samples"] = num_samples
     result["num_datapoints"] = len(data)
     result["binarize"] = getattr(data, "binarize", "none")
+    if diagnostics:
+        from . import diagnostics as diagnostics_module   # built on this module
+        result.update(diagnostics_module.diagnose(vae, data, train=train, num_samples=num_samples,
+                                                  cache=classifier_cache, **(diagnostics_settings or {})))
     return result
 
 

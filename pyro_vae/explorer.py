@@ -125,13 +125,15 @@ def _viewer(frames: torch.Tensor, labels: list[str], start: int, zoom: int, name
             f'value="{start}" aria-label="{escape(name)}"><output></output></label></div>')
 
 
-def _header(vae, images: torch.Tensor, dataset: str | None) -> str:
+def _header(vae, images: torch.Tensor, dataset: str | None, groups) -> str:
+    """The page's header; ``groups`` ``((site, size), ...)`` are the sites of the top code."""
     name = type(vae).__name__
-    top, top_name = plots._top_dim(vae), plots._top_name(vae)
-    if top_name == "z":
-        latents = f"latent z: {top} dimensions"
-    else:
-        latents = f"latent z1: {vae.latent_dim} dimensions, top latent {top_name}: {top} dimensions"
+    code_site = getattr(vae, "code_site", "z")
+    tops = ", ".join(f"{site}: {size} dimensions" for site, size in groups)
+    if code_site in [site for site, _ in groups]:
+        latents = f"latent {tops}"
+    else:   # a hierarchy: pictures decode code_site, interpolations and traversals move the top
+        latents = f"latent {code_site}: {vae.latent_dim} dimensions, top latent {tops}"
     facts = [latents]
     for part in ("prior", "likelihood", "posterior"):
         if hasattr(vae, part):
@@ -145,10 +147,12 @@ def _header(vae, images: torch.Tensor, dataset: str | None) -> str:
             f'<p class="meta">{" · ".join(escape(f) for f in facts)}</p></header>')
 
 
-def _manifold_section(vae, label, n: int, tile: int) -> str:
-    """Decoded means over an ``n x n`` grid of the 5%..95% prior quantiles of a 2-D top latent."""
+def _manifold_section(vae, label, prior, n: int, tile: int) -> str:
+    """Decoded means over an ``n x n`` grid of the 5%..95% quantiles of a 2-D top latent under the model's own
+    prior (``prior``, the draws of :func:`pyro_vae.plots._top_prior` under ``label``)."""
+    names = prior.names
     with plots._seeded(vae):
-        values = plots._top_prior_quantiles(vae, torch.linspace(0.05, 0.95, n))    # (n, 2)
+        values = prior.quantiles(torch.linspace(0.05, 0.95, n))    # (n, 2)
         # z1 grows left to right and z2 bottom to top, as in plots.latent_manifold
         z1, z2 = torch.meshgrid(values[:, 0], values[:, 1].flip(0), indexing="xy")
         z = torch.stack([z1, z2], dim=-1).reshape(n * n, 2)
@@ -159,7 +163,7 @@ def _manifold_section(vae, label, n: int, tile: int) -> str:
     grid = plots.image_grid(decoded, nrow=n)
     return (f'<section id="manifold"><h2>Manifold of {name}</h2>'
             f'<p class="note">Decoded means over the {n}&times;{n} grid of the 5% to 95% prior quantiles of each '
-            f"coordinate of {name}; {name}[0] grows left to right, {name}[1] bottom to top{under}.</p>"
+            f"coordinate of {name}; {names[0]} grows left to right, {names[1]} bottom to top{under}.</p>"
             f'{_img(grid, tile, "grid manifold", f"manifold of {name}")}</section>')
 
 
@@ -198,10 +202,10 @@ def write_html(vae, images, path, labels=None, *, dataset: str | None = None, st
     under = "" if label is None else f" All are decoded under the label y={label} of the first image."
     sections = []
     if plots._top_dim(vae) == 2:
-        sections.append(_manifold_section(vae, label, _MANIFOLD_N, tile))
+        sections.append(_manifold_section(vae, label, walk.prior, _MANIFOLD_N, tile))
     else:
         grid = plots.image_grid(walk.images.flatten(0, 1), nrow=walk.images.shape[1])
-        rows = ", ".join(f"{name}[{d}]" for d in walk.dims)
+        rows = ", ".join(walk.names[d] for d in walk.dims)
         sections.append(f'<section id="manifold"><h2>Traversal grid of {name}</h2>'
                         f'<p class="note">The top latent has {plots._top_dim(vae)} dimensions, so instead of a 2-D '
                         f"manifold: one row per most active dimension ({rows}), each moved from &minus;{span:g} "
@@ -213,12 +217,13 @@ def write_html(vae, images, path, labels=None, *, dataset: str | None = None, st
     for row, d in enumerate(walk.dims[:_SLIDERS]):
         frames = walk.images[row]
         values = walk.start[d] + walk.offsets * walk.scale[d]
-        captions = [f"{float(o):+.2f} sd ({name}[{d}] = {float(v):.2f})" for o, v in zip(walk.offsets, values)]
+        coordinate = walk.names[d]
+        captions = [f"{float(o):+.2f} sd ({coordinate} = {float(v):.2f})" for o, v in zip(walk.offsets, values)]
         active = "" if walk.activity is None else f" · variance of posterior means {float(walk.activity[d]):.3f}"
         strip = plots.image_grid(frames, nrow=len(frames))
-        strips.append(f'<div class="traversal" data-dim="{d}"><h3>{name}[{d}]{active}</h3><div class="row">'
-                      f'{_img(strip, tile, "strip", f"traversal of {name}[{d}]")}'
-                      f'{_viewer(frames, captions, mid, frame_zoom, f"{name}[{d}]")}</div></div>')
+        strips.append(f'<div class="traversal" data-dim="{d}"><h3>{coordinate}{active}</h3><div class="row">'
+                      f'{_img(strip, tile, "strip", f"traversal of {coordinate}")}'
+                      f'{_viewer(frames, captions, mid, frame_zoom, coordinate)}</div></div>')
     sections.append(f'<section id="traversals"><h2>Traversals</h2>'
                     f'<p class="note">Starting from the code of the first image, one coordinate at a time moves '
                     f"&minus;{span:g} to +{span:g} standard deviations of its prior marginal; the slider shows "
@@ -252,7 +257,7 @@ def write_html(vae, images, path, labels=None, *, dataset: str | None = None, st
 
     page = ("<!DOCTYPE html>\n"
             f'<html lang="en"><head><meta charset="utf-8"><title>{escape(type(vae).__name__)} explorer</title>'
-            f"<style>{_STYLE}</style></head>\n<body>\n{_header(vae, images, dataset)}\n" + "\n".join(sections)
+            f"<style>{_STYLE}</style></head>\n<body>\n{_header(vae, images, dataset, walk.prior.groups)}\n" + "\n".join(sections)
             + f"\n<script>{_SCRIPT}</script>\n</body></html>\n")
     return _write_text(page, path)
 

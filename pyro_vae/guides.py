@@ -13,7 +13,8 @@ from pyro.distributions.transforms import AffineAutoregressive, ConditionalAffin
 from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
 
 from .errors import ConfigError
-from .util import MAX_COMPONENTS, MAX_LATENT_DIM, MAX_WIDTH, alternating_order, positive_int
+from .util import (MAX_COMPONENTS, MAX_LATENT_DIM, MAX_WIDTH, alternating_order, autoregressive_weights,
+                   parameter_budget, positive_int)
 
 
 class Posterior(nn.Module):
@@ -80,6 +81,9 @@ class IAF(Posterior):
 
     def build(self, latent_dim):
         hidden = [self.hidden, self.hidden]
+        weights, masks = autoregressive_weights(latent_dim, self.hidden, 2 * latent_dim if self.conditional else 0)
+        for _ in range(self.num_flows):
+            parameter_budget("IAF", weights, buffers=masks)
         flows = []
         for i in range(self.num_flows):
             order = alternating_order(latent_dim, i)

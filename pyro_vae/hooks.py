@@ -38,7 +38,8 @@ from pyro.poutine.subsample_messenger import _Subsample
 from tqdm.auto import tqdm
 
 from . import evaluate
-from .errors import ConfigError, TrainingError
+from .checkpoint import BEST
+from .errors import CheckpointError, ConfigError, TrainingError
 from .util import forked_rng
 
 #: a training objective or test ELBO this many times larger in size than the first epoch's has diverged,
@@ -299,6 +300,10 @@ class EarlyStopping(Hook):
     of its best epoch; they are kept in the run folder as ``best.pt`` too, and ``trainer.best_epoch`` says
     which epoch it was.
 
+    The best weights are also part of this hook's state in ``checkpoint.pt`` (one atomic write with the rest
+    of the epoch), and a resumed run writes ``best.pt`` again from them: a process killed between writing
+    ``best.pt`` and ``checkpoint.pt`` leaves a ``best.pt`` of an epoch the resumed history will not have.
+
     :param int patience: epochs without a better test ELBO before the run stops.
     """
 
@@ -308,25 +313,49 @@ class EarlyStopping(Hook):
     def __init__(self, patience):
         self.patience = patience
         self.best_elbo, self.best_epoch, self.bad_epochs, self.stopped_at = None, None, 0, None
-        self._best_weights = None
+        self._best_weights, self._epoch = None, None
 
     def on_fit_start(self, trainer):
         saved = trainer.saved_state(self.name)
         if saved:
             self.best_elbo, self.best_epoch = saved["best_elbo"], saved["best_epoch"]
             self.bad_epochs, self.stopped_at = saved["bad_epochs"], saved["stopped_at"]
+            self._best_weights = self._resumed_weights(trainer, saved.get("best_model"))
+            if self._best_weights is not None and trainer.run is not None:
+                self._save_best(trainer, self.best_epoch)
         trainer.best_epoch = self.best_epoch
         if self.stopped_at is not None:   # a resumed run that had already stopped: nothing left to train
             trainer.stop = True
 
+    def _resumed_weights(self, trainer, saved_weights):
+        """The best epoch's weights of the checkpoint being resumed (``best_model``: none when the best epoch was
+        the checkpoint's own, whose weights the model now holds)."""
+        if self.best_epoch is None:
+            return None
+        if saved_weights is not None:
+            return {k: v.detach().cpu().clone() for k, v in saved_weights.items()}
+        if self.best_epoch == trainer.epochs_done:
+            return {k: v.detach().cpu().clone() for k, v in trainer.vae.state_dict().items()}
+        # a checkpoint that keeps no best weights of its own: best.pt is only trusted for the epoch it names
+        best = trainer.run.load_checkpoint(best=True) if trainer.run is not None and trainer.run.has(BEST) else None
+        if best is None or best["epoch"] != self.best_epoch:
+            held = f"there is no {BEST}" if best is None else f"{BEST} holds epoch {best['epoch']}"
+            raise CheckpointError(f"the checkpoint's best epoch is {self.best_epoch} but {held}, so the best weights "
+                                  f"are lost; start the run again with --overwrite (overwrite=True)")
+        return best["model"]
+
+    def _save_best(self, trainer, epoch):
+        trainer.run.save_checkpoint({"format": 1, "epoch": epoch, "model": self._best_weights,
+                                     "config": trainer.vae.config, "test_elbo": self.best_elbo}, best=True)
+
     def on_epoch_end(self, trainer, record):
         elbo = record["test_elbo"]
+        self._epoch = trainer.epoch
         if self.best_elbo is None or elbo > self.best_elbo:
             self.best_elbo, self.best_epoch, self.bad_epochs = elbo, trainer.epoch, 0
             self._best_weights = copy.deepcopy({k: v.detach().cpu() for k, v in trainer.vae.state_dict().items()})
             if trainer.run is not None:
-                trainer.run.save_checkpoint({"format": 1, "epoch": trainer.epoch, "model": self._best_weights,
-                                             "config": trainer.vae.config, "test_elbo": elbo}, best=True)
+                self._save_best(trainer, trainer.epoch)
         else:
             self.bad_epochs += 1
             if self.bad_epochs >= self.patience:
@@ -337,14 +366,13 @@ class EarlyStopping(Hook):
     def on_fit_end(self, trainer):
         if trainer.error is not None or self.best_epoch is None or self.best_epoch == trainer.epochs_trained:
             return
-        weights = self._best_weights
-        if weights is None:   # resumed: the best epoch was before this process started
-            weights = trainer.run.load_checkpoint(best=True)["model"]
-        trainer.vae.load_state_dict(weights)
+        trainer.vae.load_state_dict(self._best_weights)
 
     def state_dict(self):
+        # the best weights travel with the checkpoint unless they are the checkpoint's own (the epoch just saved)
+        keep = self._best_weights is not None and self.best_epoch != self._epoch
         return {"best_elbo": self.best_elbo, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
-                "stopped_at": self.stopped_at}
+                "stopped_at": self.stopped_at, "best_model": self._best_weights if keep else None}
 
 
 # --- files ----------------------------------------------------------------------------------------
@@ -437,6 +465,12 @@ class RunFiles(Hook):
 
     def __init__(self, eval_samples=1000, pictures=True, progress=False):
         self.eval_samples, self.pictures, self.progress = eval_samples, pictures, progress
+
+    def on_fit_start(self, trainer):
+        # metrics.json is written after the checkpoint: a process killed between the two leaves it an epoch
+        # behind, which a resume with no epoch left to train would otherwise never bring up to date
+        if trainer.history:
+            self.on_epoch_end(trainer, None)
 
     def on_epoch_end(self, trainer, record):
         best = {} if trainer.best_epoch is None else {"best_epoch": trainer.best_epoch}

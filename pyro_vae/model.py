@@ -1,6 +1,8 @@
 """The variational autoencoder of Kingma & Welling (2014) as a Pyro model/guide pair, and how a saved config
 turns back into a model (:func:`build_vae`)."""
 
+import re
+
 from torch import nn
 
 import pyro
@@ -53,6 +55,15 @@ class VAE(nn.Module):
     #: the latent site whose values :meth:`generate` decodes (what :meth:`sample_codes` returns)
     code_site = "z"
 
+    #: the observed image site of :meth:`model` (what :meth:`sample` returns the mean of); a model that names
+    #: its image site otherwise declares it here, and :func:`~pyro_vae.check_model` holds it to that
+    obs_site = "x"
+
+    #: the latent sites whose values, concatenated in this order along the last dim, make the top code that
+    #: :meth:`top_codes` returns and :meth:`decode_top` decodes (what interpolation and traversal move, and
+    #: how their coordinates are named); ``None``: :attr:`code_site` alone
+    top_sites = None
+
     #: What the model does with labels y, decided here once for evaluation, pictures and the CLI:
     #: ``"ignored"`` (``model``/``guide`` accept y and do not use it, or observe it as data of their own),
     #: ``"conditioned"`` (p(x | y): every image needs its label, scores are of log p(x|y)), or
@@ -65,6 +76,9 @@ class VAE(nn.Module):
         super().__init__()
         self.image_shape = image_shape_of(image_shape)
         self.latent_dim = positive_int("latent_dim", latent_dim, MAX_LATENT_DIM)
+        for role, part in (("encoder", encoder), ("decoder", decoder), ("prior", prior), ("likelihood", likelihood),
+                           ("posterior", posterior)):
+            check_part(role, part)
         self.likelihood = likelihood if likelihood is not None else likelihoods_module.Bernoulli()
         self.encoder = encoder if encoder is not None else networks_module.MLPEncoder(
             self.image_shape, self.latent_dim, hidden)
@@ -142,7 +156,7 @@ class VAE(nn.Module):
         its parents (ancestral sampling), and return the trace.
 
         The image site is observed at a placeholder batch of zeros, which fixes the ``data`` plate's size
-        and changes no draw (the latents are drawn before it), so ``trace.nodes["x"]["fn"]`` is
+        and changes no draw (the latents are drawn before it), so ``trace.nodes[obs_site]["fn"]`` is
         p(x | latents) for the drawn latents. A subclass with sites of its own is sampled correctly with no
         override, provided its model uses ``x`` only as the observation and for the batch size (true of
         every model here).
@@ -167,7 +181,11 @@ class VAE(nn.Module):
         """Mean images of p(x | latents) for latents drawn from the model's prior (:meth:`trace_prior`).
         :param y: labels for models that take them; ``kwargs`` other inputs of the model (``covariates``).
         :returns: ``(num_samples, C, H, W)``."""
-        return self.trace_prior(num_samples, y, **kwargs).nodes["x"]["fn"].mean
+        trace = self.trace_prior(num_samples, y, **kwargs)
+        if self.obs_site not in trace.nodes:
+            raise ConfigError(f"{type(self).__name__}'s model has no site {self.obs_site!r}; set its obs_site "
+                              f"attribute to the name of its observed image site")
+        return trace.nodes[self.obs_site]["fn"].mean
 
     # --- saving --------------------------------------------------------------------------------
 
@@ -205,6 +223,7 @@ class VAE(nn.Module):
             raise ConfigError(f"config latent_dim must be a positive integer, got {latent_dim!r:.80}")
         shape, latent_dim = image_shape_of(shape), positive_int("config latent_dim", latent_dim, MAX_LATENT_DIM)
         parts = dict(parts)
+        passed = {role for role, part in parts.items() if part is not None}   # by the caller, not rebuilt here
         if parts.get("likelihood") is None:
             parts["likelihood"] = rebuild_part("likelihood", config.get("likelihood"))
         for role in ("encoder", "decoder"):
@@ -216,7 +235,18 @@ class VAE(nn.Module):
         extra = {k: v for k, v in config.items() if k not in ("model", "image_shape", "latent_dim") + ROLES}
         if not all(isinstance(k, str) for k in extra):
             raise ConfigError("config has entries whose names are not strings; restore the run's config.json")
-        return _construct("model", cls, image_shape=shape, latent_dim=latent_dim, **parts, **extra)
+        own = cls not in model_classes().values()
+        while True:
+            try:
+                return _construct("model", cls, image_shape=shape, latent_dim=latent_dim, **parts, **extra,
+                                  user_class=own)
+            except _BuildsItsOwn as e:
+                # the class builds this part itself (e.g. a decoder sized for extra inputs) and passes it on to
+                # VAE: the rebuilt one is not needed, and the checkpoint's weights fill the class's own
+                if e.part in passed or e.part not in parts:
+                    raise ConfigError(f"{cls.__name__}'s constructor builds its own {e.part}, so it cannot also "
+                                      f"take {e.part}=...; leave it out") from None
+                del parts[e.part]
 
     @classmethod
     def _rebuild_network(cls, role, config, image_shape, latent_dim, params_per_pixel):
@@ -224,6 +254,34 @@ class VAE(nn.Module):
         if role == "encoder":
             return rebuild_part(role, config.get(role), image_shape, latent_dim)
         return rebuild_part(role, config.get(role), image_shape, latent_dim, params_per_pixel=params_per_pixel)
+
+
+#: the base class each part must be an instance of, and an example of one
+PART_BASES = {"encoder": (nn.Module, "pv.networks.MLPEncoder(image_shape, latent_dim)"),
+              "decoder": (nn.Module, "pv.networks.MLPDecoder(image_shape, latent_dim)"),
+              "prior": (priors_module.Prior, "pv.priors.VampPrior(500)"),
+              "likelihood": (likelihoods_module.Likelihood, "pv.likelihoods.ContinuousBernoulli()"),
+              "posterior": (guides_module.Posterior, "pv.guides.IAF(2)")}
+
+
+def check_part(role, part):
+    """Refuse (:class:`ConfigError`) a part that is not an instance of its base class (``None`` is the default).
+
+    A string (``prior="vamp"``: names are the CLI's), a class instead of an instance
+    (``prior=pv.priors.VampPrior``) and any other object each get a one-line message with an example.
+    """
+    if part is None:
+        return
+    base, example = PART_BASES[role]
+    if isinstance(part, str):
+        raise ConfigError(f"{role} must be an object, e.g. {role}={example}, not the name {part!r:.40} "
+                          f"(names are for the pyro-vae command line)")
+    if isinstance(part, type):
+        hint = f"{role}={part.__name__}(...)" if issubclass(part, base) else f"{role}={example}"
+        raise ConfigError(f"{role} must be an instance, got the class {part.__name__}; pass {hint}")
+    if not isinstance(part, base):
+        kind = "torch.nn.Module" if base is nn.Module else f"pv.{base.__module__.split('.')[-1]}.{base.__name__}"
+        raise ConfigError(f"{role} must be a {kind}, got {type(part).__name__}; e.g. {role}={example}")
 
 
 def uses_labels(vae):
@@ -256,17 +314,39 @@ PART_CLASSES = {
 def model_classes():
     """The model classes a config may name by itself: this package's own, by class name."""
     from . import extended   # built on this module, so imported when needed
-    return {cls.__name__: cls for cls in (VAE, extended.ConditionalVAE, extended.M2, extended.HierarchicalVAE)}
+    return {cls.__name__: cls for cls in (VAE, extended.ConditionalVAE, extended.M2, extended.GMVAE,
+                                           extended.HierarchicalVAE)}
 
 
-def _construct(what, cls, *args, **kwargs):
+class _BuildsItsOwn(Exception):
+    """A constructor got a part twice: from its caller and from its own code (``part`` names it)."""
+
+    def __init__(self, part):
+        super().__init__(part)
+        self.part = part
+
+
+def _construct(what, cls, *args, user_class=False, **kwargs):
     try:
         return cls(*args, **kwargs)
     except ConfigError:
         raise
-    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
-        raise ConfigError(f"config for the {what} {cls.__name__} is invalid ({' '.join(str(e).split())[:160]}); "
-                          f"restore the run's config.json") from None
+    except TypeError as e:
+        twice = re.search(r"got multiple values for keyword argument '(\w+)'", str(e))
+        if what == "model" and twice and twice.group(1) in ROLES:
+            raise _BuildsItsOwn(twice.group(1)) from None
+        _refused(what, cls, e, user_class)
+    except (ValueError, RuntimeError, OverflowError) as e:
+        _refused(what, cls, e, user_class)
+
+
+def _refused(what, cls, error, user_class):
+    reason = " ".join(str(error).split())[:160]
+    if user_class:   # the config came from the class's own `config`; the class is what disagrees with it
+        raise ConfigError(f"{cls.__name__}(...) refused the arguments its config records ({reason}); give its "
+                          f"constructor a parameter for each entry its config adds, or override from_config") from None
+    raise ConfigError(f"config for the {what} {cls.__name__} is invalid ({reason}); restore the run's config.json") \
+        from None
 
 
 def rebuild_part(role, spec, *args, classes=None, **kwargs):
@@ -307,6 +387,12 @@ def build_vae(config, model_class=None, **parts):
     name = config.get("model", "VAE")
     if not isinstance(name, str):
         raise ConfigError(f"config names the model {name!r:.60}; expected a class name")
+    if config.get("wrapped") is not None:   # a Pyro model/guide pair of the user's (pv.wrap)
+        from .adapter import Wrapped   # built on this module
+        if model_class is not None and name != model_class.__name__:
+            raise ConfigError(f"the config describes a wrapped {name!r:.60}, not a {model_class.__name__}; pass the "
+                              f"class the run was trained with")
+        return Wrapped.from_config(config, model_class)
     if model_class is not None:
         if not (isinstance(model_class, type) and hasattr(model_class, "from_config")):
             raise ConfigError(f"model_class must be a model class with from_config (e.g. a VAE subclass), got "

@@ -25,12 +25,18 @@ def _widths(hidden):
     return [positive_int("hidden width", h, MAX_WIDTH) for h in hidden]
 
 
+#: the element-wise torch.nn activations a network may be built with, by name (a name keeps a run's config
+#: JSON). A closed list: any other torch.nn class named in a config (Module, Upsample, Softmax2d, Flatten)
+#: would build, then fail on the first batch or change the shapes the network promises.
+ACTIVATIONS = ("CELU", "ELU", "GELU", "Hardshrink", "Hardsigmoid", "Hardswish", "Hardtanh", "LeakyReLU",
+               "LogSigmoid", "Mish", "PReLU", "ReLU", "ReLU6", "RReLU", "SELU", "SiLU", "Sigmoid", "Softplus",
+               "Softshrink", "Softsign", "Tanh", "Tanhshrink")
+
+
 def _activation(name):
-    # looked up by name in torch.nn, so the choice is JSON-serialisable in a run's config
-    cls = getattr(nn, str(name), None)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ConfigError(f"unknown activation {name!r}; use the name of a torch.nn activation, e.g. 'SiLU'")
-    return cls
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {str(name)[:40]!r}; use one of {', '.join(ACTIVATIONS)}")
+    return getattr(nn, name)
 
 
 def _mlp(sizes, activation, who):

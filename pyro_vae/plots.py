@@ -55,8 +55,11 @@ _MAX_TRAVERSAL_ROWS = 10
 # Activity (variance of the posterior means) is measured on at most this many images: enough to rank
 # dimensions, and cheap even for a conditional VAE that has to classify every unlabelled image.
 _ACTIVITY_IMAGES = 1000
-# Draws from a prior that is not N(0, I), to estimate its marginal quantiles or standard deviations.
-_PRIOR_DRAWS = 20000
+# Ancestral draws of the top code from the model's own prior (its standard deviations and quantiles; about 1.5%
+# standard error for a standard deviation, finer than a picture shows), made in chunks of _PRIOR_CHUNK images:
+# each runs the whole model, decoder included, so the chunk bounds the memory of a convolutional decoder.
+_PRIOR_DRAWS = 5000
+_PRIOR_CHUNK = 1000
 
 
 def _save(fig: Figure, path) -> None:
@@ -346,9 +349,24 @@ def _top_dim(vae) -> int:
     return int(vae.top_dim) if hasattr(vae, "top_dim") else int(vae.latent_dim)
 
 
+def _top_sites(vae) -> tuple:
+    """The latent sites whose values, concatenated in this order, make the top code (:attr:`VAE.top_sites`, by
+    default its ``code_site``; a model with neither attribute has z)."""
+    sites = getattr(vae, "top_sites", None)
+    if sites is None:
+        return (getattr(vae, "code_site", "z"),)
+    sites = (sites,) if isinstance(sites, str) else tuple(sites)
+    if not sites or not all(isinstance(s, str) for s in sites):
+        raise ConfigError(f"{type(vae).__name__}.top_sites must name latent sites (a tuple of strings), got "
+                          f"{sites!r:.80}")
+    return sites
+
+
 def _top_name(vae) -> str:
-    """How pictures name the top latent: z2 in a two-layer hierarchy, z otherwise."""
-    return "z2" if hasattr(vae, "latent_dims") else "z"
+    """How pictures name the top latent: its site (z, or z2 in a two-layer hierarchy), or its sites in
+    parentheses when the top code joins several."""
+    sites = _top_sites(vae)
+    return sites[0] if len(sites) == 1 else f"({', '.join(sites)})"
 
 
 def _top_codes(vae, x, y=None) -> torch.Tensor:
@@ -562,28 +580,94 @@ def interpolation(vae, x_a, x_b, steps: int = 10, spherical: bool = False, y=Non
     return _finish(fig, path)
 
 
-def _top_prior_draws(vae):
-    """Draws ``(_PRIOR_DRAWS, top_dim)`` (CPU) from the top latent's prior ``vae.prior()``, or ``None`` when its
-    marginals are known exactly: N(0, I), which is also assumed for a model without a ``prior`` to draw from.
-    Call under :func:`_seeded`."""
-    prior = getattr(vae, "prior", None)
-    if prior is None or isinstance(prior, StandardNormal):
-        return None
-    return prior().sample((_PRIOR_DRAWS,)).cpu()
+class _TopPrior(NamedTuple):
+    """The top code under the model's own prior: its layout, and draws of it."""
+
+    groups: tuple           # ((site, size), ...): the top code is these sites' values concatenated, in order
+    draws: torch.Tensor     # (n, top_dim) ancestral draws (CPU); n = 0 when every coordinate is exact
+    exact: torch.Tensor     # (top_dim,) bool: coordinates drawn from N(0, 1) itself, at every draw made
+
+    @property
+    def names(self) -> list:
+        """``(top_dim,)`` coordinate names, ``site[i]``: ``z[3]``, ``z_style[0]``, ``z2[1]``."""
+        return [f"{site}[{i}]" for site, size in self.groups for i in range(size)]
+
+    def scale(self) -> torch.Tensor:
+        """Marginal standard deviation ``(top_dim,)`` of each coordinate: 1 where exact, else that of the draws."""
+        if self.exact.all():
+            return torch.ones(len(self.exact))
+        return torch.where(self.exact, torch.ones(()), self.draws.std(dim=0))
+
+    def quantiles(self, probs) -> torch.Tensor:
+        """Marginal quantiles ``(len(probs), top_dim)`` of each coordinate at ``probs`` ``(P,)``."""
+        exact = torch.distributions.Normal(0.0, 1.0).icdf(probs)[:, None].expand(-1, len(self.exact))
+        if self.exact.all():
+            return exact
+        return torch.where(self.exact, exact, torch.quantile(self.draws, probs, dim=0))
 
 
-def _top_prior_scale(vae) -> torch.Tensor:
-    """Marginal standard deviation ``(top_dim,)`` of each coordinate of the top latent under its prior."""
-    draws = _top_prior_draws(vae)
-    return torch.ones(_top_dim(vae)) if draws is None else draws.std(dim=0)
+def _standard_coordinates(fn, value) -> torch.Tensor:
+    """Which coordinates ``(size,)`` of a site's draws ``value`` ``(n, size)`` its distribution ``fn`` gave
+    N(0, 1) at every draw: a Normal (under ``to_event``) with loc 0 and scale 1 there."""
+    base = fn
+    while isinstance(base, torch.distributions.Independent):
+        base = base.base_dist
+    if not isinstance(base, torch.distributions.Normal):
+        return torch.zeros(value.shape[-1], dtype=torch.bool)
+    standard = (base.loc == 0) & (base.scale == 1)
+    return torch.broadcast_to(standard, value.shape).reshape(-1, value.shape[-1]).all(dim=0).cpu()
 
 
-def _top_prior_quantiles(vae, probs) -> torch.Tensor:
-    """Quantiles ``(len(probs), top_dim)`` of each coordinate of the top latent under its prior."""
-    draws = _top_prior_draws(vae)
-    if draws is None:
-        return torch.distributions.Normal(0.0, 1.0).icdf(probs)[:, None].expand(-1, _top_dim(vae))
-    return torch.quantile(draws, probs, dim=0)
+def _top_prior(vae, label=None) -> _TopPrior:
+    """The top code's layout and ``_PRIOR_DRAWS`` draws of it from the model's own prior: :meth:`VAE.trace_prior`
+    (ancestral sampling through ``model``, so a model whose latents have priors of their own is drawn from
+    those, not from ``vae.prior``), the values at :func:`_top_sites` concatenated. A seeded, forked stream makes
+    the draws the same every time and leaves the caller's random state alone.
+
+    Coordinates whose distribution is N(0, 1) at each of the first ``_PRIOR_CHUNK`` draws are taken as exactly
+    N(0, 1) (a prior's marginal is then N(0, 1) whatever the parents drawn); when every coordinate is, no more
+    draws are made. A model without ``trace_prior`` (duck-typed) is taken to have N(0, I) codes at z.
+
+    :param label: the label (int) models that use labels are drawn under, else ``None``.
+    :raises ConfigError: a top site the model does not sample as a latent of shape ``(batch, size)``, or sizes
+        that do not add up to ``top_dim``.
+    """
+    sites, top, name = _top_sites(vae), _top_dim(vae), type(vae).__name__
+    if getattr(vae, "trace_prior", None) is None:
+        return _TopPrior(((sites[0], top),), torch.zeros(0, top), torch.ones(top, dtype=torch.bool))
+    groups, exact, chunks = None, None, []
+    with _seeded(vae):
+        for _ in range(_PRIOR_DRAWS // _PRIOR_CHUNK):
+            y = None if label is None else torch.full((_PRIOR_CHUNK,), int(label), dtype=torch.int64,
+                                                      device=vae.device)
+            trace = vae.trace_prior(_PRIOR_CHUNK, y)
+            values, standard = [], []
+            for site in sites:
+                node = trace.nodes.get(site)
+                if node is None or node["type"] != "sample" or node["is_observed"]:
+                    raise ConfigError(f"{name}'s model has no latent site {site!r} to move in interpolations and "
+                                      f"traversals; set {name}.top_sites to the latent sites whose values top_codes "
+                                      f"returns, in order (default: code_site)")
+                value = node["value"]
+                if value.dim() != 2 or value.shape[0] != _PRIOR_CHUNK:
+                    raise ConfigError(f"{name}'s site {site!r} draws values of shape {tuple(value.shape)} for "
+                                      f"{_PRIOR_CHUNK} images; a site of the top code must be (batch, size): inside "
+                                      f"pyro.plate('data') with .to_event(1)")
+                values.append(value)
+                standard.append(_standard_coordinates(node["fn"], value))
+            if groups is None:
+                groups = tuple((site, value.shape[-1]) for site, value in zip(sites, values))
+                if sum(size for _, size in groups) != top:
+                    raise ConfigError(f"{name}'s top code has {top} coordinates (top_dim) but its top sites draw "
+                                      f"{' + '.join(f'{s} {n}' for s, n in groups)}; set {name}.top_sites to the "
+                                      f"latent sites whose values top_codes returns, in order")
+                exact = torch.cat(standard)
+                if exact.all():
+                    return _TopPrior(groups, torch.zeros(0, top), exact)
+            else:
+                exact = exact & torch.cat(standard)
+            chunks.append(torch.cat(values, dim=-1).cpu())
+    return _TopPrior(groups, torch.cat(chunks), exact)
 
 
 def _activity(vae, images, labels) -> torch.Tensor | None:
@@ -627,6 +711,12 @@ class _Traversal(NamedTuple):
     start: torch.Tensor             # (top_dim,) the code the traversal starts from
     activity: torch.Tensor | None   # (top_dim,) variance of the top posterior means, None with < 2 images
     label: int | None               # the label every image is decoded under, None for label-free models
+    prior: _TopPrior                # the top code's sites and prior draws (under that label)
+
+    @property
+    def names(self) -> list:
+        """``(top_dim,)`` coordinate names by site: ``z[3]``, ``z_style[0]``."""
+        return self.prior.names
 
 
 def _traversal_frames(vae, x, dims=None, span=3.0, steps=9, y=None, data_images=None, data_labels=None) -> _Traversal:
@@ -648,7 +738,9 @@ def _traversal_frames(vae, x, dims=None, span=3.0, steps=9, y=None, data_images=
         activity = _activity(vae, data_images, data_labels)
         label = _classified(vae, x[:1], None if labels is None else labels[:1])
         start = _top_codes(vae, x[:1].to(device), None if label is None else label.to(device))[0].cpu()
-        scale = _top_prior_scale(vae)
+        label = None if label is None else int(label[0])
+        prior = _top_prior(vae, label)
+        scale = prior.scale()
         if dims is None:
             # most active first; a stable sort keeps index order among ties (all of them with one image)
             order = torch.arange(top) if activity is None else torch.argsort(activity, descending=True, stable=True)
@@ -657,9 +749,8 @@ def _traversal_frames(vae, x, dims=None, span=3.0, steps=9, y=None, data_images=
         codes = start.expand(len(dims), steps, top).clone()
         for row, d in enumerate(dims):
             codes[row, :, d] += offsets * scale[d]
-        label = None if label is None else int(label[0])
         images = _decode_top(vae, codes.to(device), label).cpu()
-    return _Traversal(images, dims, offsets, scale, start, activity, label)
+    return _Traversal(images, dims, offsets, scale, start, activity, label, prior)
 
 
 def _data_parts(data):
@@ -679,7 +770,7 @@ def _traversal_figure(vae, result: _Traversal) -> Figure:
     fig, ax = _grid_figure(grid, f"Traversal of {name} from one image's code{decoded}", inches=7.0)
     every = max(1, math.ceil(t / 9))
     columns = {i: f"{float(o):+.2g}" for i, o in enumerate(result.offsets) if i % every == 0 or i == t - 1}
-    rows = {i: f"{name}[{d}]" + ("" if result.activity is None else f"  var {float(result.activity[d]):.2f}")
+    rows = {i: result.names[d] + ("" if result.activity is None else f"  var {float(result.activity[d]):.2f}")
             for i, d in enumerate(result.dims)}
     _label_tiles(ax, vae.image_shape, columns, rows)
     ax.set_xlabel("offset from the image's code, in prior standard deviations")
@@ -693,14 +784,18 @@ def traversal(vae, x, dims=None, span: float = 3.0, steps: int = 9, y=None, path
     The start is the top posterior mean of ``x`` (its first image, for a batch). Row ``r`` sets coordinate
     ``d = dims[r]`` to ``start[d] + s * sd[d]`` for ``steps`` evenly spaced ``s`` from ``-span`` to ``+span``
     (the middle column of an odd ``steps`` is the start itself) and leaves the others at the start. ``sd[d]``
-    is the prior's marginal standard deviation of coordinate ``d``: 1 for N(0, I), so the offsets are exactly
-    ``±span``; for any other prior, the standard deviation of 20,000 draws from ``vae.prior()`` with a fixed
-    seed, the caller's random state untouched. The top latent is z (z2 for the hierarchical VAE, decoded
-    through the mean of p(z1|z2)).
+    is the marginal standard deviation of coordinate ``d`` under the model's own prior: the standard deviation
+    of 5,000 ancestral draws of the model (:meth:`~pyro_vae.VAE.trace_prior`, under the decoded label for
+    models that use labels) at the site the coordinate belongs to, with a fixed seed, the caller's random
+    state untouched; 1 for a site drawn from N(0, 1) itself, so the offsets are then exactly ``±span``. The top
+    code is the model's :attr:`~pyro_vae.VAE.top_sites` (by default its ``code_site``, z; z2 for the
+    hierarchical VAE, decoded through the mean of p(z1|z2)), joined in order when there are several, e.g. a
+    model with a Laplace group ``z_style`` and a mixture group ``z`` has each group moved by its own spread.
+    Rows are labelled by site and coordinate (``z_style[0]``, ``z[3]``).
 
     ``dims=None`` shows the most active dimensions, at most 10, most active first: activity is the variance of
     the top posterior means over ``data`` (its first 1,000 images) when given, else over the batch ``x``. Each
-    row is labelled with its dimension and, with two images or more to measure it on, its activity.
+    row is labelled with its coordinate and, with two images or more to measure it on, its activity.
 
     Models that use labels decode every image under one label, that of the start image: ``y`` (an int for
     all of ``x``, or labels ``(N,)``), or the model's classification of the image where ``y`` is ``None`` or

@@ -20,7 +20,8 @@ from pyro.distributions.transforms import AffineAutoregressive
 from pyro.nn import AutoRegressiveNN
 
 from .errors import ConfigError
-from .util import MAX_COMPONENTS, MAX_LATENT_DIM, MAX_WIDTH, alternating_order, positive, positive_int, positive_number
+from .util import (MAX_COMPONENTS, MAX_LATENT_DIM, MAX_WIDTH, alternating_order, autoregressive_weights,
+                   parameter_budget, positive, positive_int, positive_number)
 
 
 class Prior(nn.Module):
@@ -175,6 +176,7 @@ class MixtureOfGaussians(Prior):
         self.spread = positive_number("spread", spread)
 
     def build(self, latent_dim, vae):
+        parameter_budget("MixtureOfGaussians", self.num_components * (1 + 2 * latent_dim))
         generator = torch.Generator().manual_seed(0)
         self.logits = nn.Parameter(torch.zeros(self.num_components))
         self.locs = nn.Parameter(self.spread * torch.randn(self.num_components, latent_dim, generator=generator))
@@ -224,6 +226,7 @@ class VampPrior(Prior):
             raise ConfigError("VampPrior needs the VAE's encoder; pass it to VAE(prior=VampPrior(...)) "
                               "instead of setting it up alone")
         self._shared[:] = [vae.encoder]
+        parameter_budget("VampPrior", self.num_pseudo_inputs * math.prod(vae.image_shape))
         generator = torch.Generator().manual_seed(0)
         # sigmoid(N(0, 1)) puts ~95% of the initial pixels in (0.12, 0.88): distinct pseudo-inputs, few
         # saturated (where the sigmoid is flat, SGD barely moves a pixel)
@@ -282,6 +285,9 @@ class FlowPrior(Prior):
     def build(self, latent_dim, vae):
         self.register_buffer("loc", torch.zeros(latent_dim))
         self.register_buffer("scale", torch.ones(latent_dim))
+        weights, masks = autoregressive_weights(latent_dim, self.hidden)
+        for _ in range(self.num_flows):
+            parameter_budget("FlowPrior", weights, buffers=masks)
         # nn.ModuleList registers the networks, so they train, move with .to() and are saved
         self.networks = nn.ModuleList(
             AutoRegressiveNN(latent_dim, [self.hidden, self.hidden], permutation=alternating_order(latent_dim, i))

@@ -24,13 +24,15 @@ import warnings
 import torch
 
 import pyro
-from pyro.infer import JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO, JitTraceMeanField_ELBO, Trace_ELBO
+from pyro.infer import (JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO, JitTraceMeanField_ELBO, RenyiELBO,
+                        Trace_ELBO)
 from pyro.ops.jit import CompiledFunction
 
 from . import distributed as parallel
 from . import evaluate, fast
 from . import hooks as hooks_module
 from .checkpoint import RunFolder, load_state
+from .contract import check_model, default_loss
 from .distributed import resolve_device  # noqa: F401 (part of this module's interface since the start)
 from .errors import CheckpointError, ConfigError
 from .model import build_vae
@@ -110,6 +112,13 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
     skip ``pyro.module``) unless the ELBO needs param sites (``loss_and_grads`` ELBOs such as
     ``RenyiELBO``, and the JIT ELBOs).
     """
+    check_dataset("train", train)
+    if test is not None:
+        check_dataset("test", test)
+    evaluate.check_data(vae, train, "training")
+    evaluate.check_data(vae, test, "test")
+    contract = check_model(vae, train, loss=loss)
+    loss = loss if loss is not None else default_loss(contract)
     settings = FitSettings.check(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, clip_norm=clip_norm,
                                  beta=beta, warmup=warmup, loss=loss, scheduler=scheduler, test=test,
                                  early_stopping=early_stopping, eval_samples=eval_samples, resume=resume,
@@ -143,6 +152,16 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
     finally:
         trainer.close()
     return trainer.history
+
+
+def check_dataset(role, data):
+    """Refuse (:class:`ConfigError`) what is not a dataset, with the function that makes one."""
+    if isinstance(data, torch.Tensor):
+        raise ConfigError(f"{role} is a tensor of shape {tuple(data.shape)}; fit needs a dataset: "
+                          f"pv.data.from_tensor(images, labels=None, binarize=...)")
+    if not all(callable(getattr(data, name, None)) for name in ("batches", "num_batches", "to")):
+        raise ConfigError(f"{role} must be a pyro_vae dataset (pv.data.load(...) or pv.data.from_tensor(images)), "
+                          f"got {type(data).__name__}")
 
 
 def standard_hooks(settings, checkpoint_dir, progress, callback, eval_samples, pictures):
@@ -202,6 +221,11 @@ class FitSettings:
                        lr=positive_number("lr", lr), seed=int(seed), warmup=int(warmup),
                        clip_norm=None if clip_norm is None else positive_number("clip_norm", clip_norm),
                        beta=positive_number("beta", beta), loss=type(loss).__name__)
+        if isinstance(loss, RenyiELBO) and settings.weighted:
+            # poutine.scale moves inside RenyiELBO's log-mean-exp: the result is no beta-weighted IWAE bound
+            raise ConfigError("RenyiELBO (IWAE) with beta or warmup would weight the sites inside its "
+                              "log-mean-exp, which bounds nothing; use Trace_ELBO or TraceMeanField_ELBO for beta "
+                              "or warmup")
         if isinstance(loss, JIT_ELBOS) and settings.weighted:
             raise ConfigError(f"{type(loss).__name__} compiles the KL weight into its graph once, so beta and warmup "
                               f"would be ignored; use {type(loss).__name__[3:]} for beta or warmup")
@@ -248,8 +272,6 @@ class Trainer:
     """
 
     def __init__(self, vae, train, test, settings, processes, loss, optimizer):
-        evaluate.check_data(vae, train, "training")
-        evaluate.check_data(vae, test, "test")
         self.vae, self.settings, self.processes = vae, settings, processes
         self.device = processes.device
         settings.world_size = processes.world_size

@@ -1,5 +1,7 @@
 """Checks and small helpers that several modules share (one copy of each, so they cannot drift apart)."""
 
+import contextlib
+import contextvars
 import math
 import numbers
 
@@ -50,11 +52,83 @@ def image_shape(value):
     return shape
 
 
-def parameter_budget(who, count):
-    """Refuses (:class:`ConfigError`) a network of more than :data:`MAX_PARAMETERS` weights before it is built."""
+#: Memory one model may take while it trains, in bytes: its weights with their gradients and Adam's two running
+#: averages (:data:`BYTES_PER_WEIGHT` each), summed over every network of the model, checked before any is built.
+MAX_MODEL_BYTES = 8 * 2 ** 30
+#: float32 weight, gradient, and Adam's exp_avg and exp_avg_sq
+BYTES_PER_WEIGHT = 16
+
+_MODEL_BUDGET = contextvars.ContextVar("pyro_vae_model_budget", default=None)
+
+
+class BudgetError(ConfigError):
+    """A network, or a whole model, too large to build; ``part`` names the network that was to be built last and
+    ``largest`` the one with the most weights, so a caller can name its own setting for them."""
+
+    def __init__(self, message, part, largest):
+        super().__init__(message)
+        self.part, self.largest = part, largest
+
+
+@contextlib.contextmanager
+def model_budget():
+    """Every network built inside the block (through :func:`parameter_budget`) counts toward one budget,
+    :data:`MAX_MODEL_BYTES`, checked before each is allocated. Nested blocks count toward the outer one.
+
+    :returns: the running tally ``{"weights": total, "parts": {name: weights}}``.
+    """
+    tally = _MODEL_BUDGET.get()
+    if tally is not None:
+        yield tally
+        return
+    tally = {"weights": 0, "values": 0, "parts": {}}
+    token = _MODEL_BUDGET.set(tally)
+    try:
+        yield tally
+    finally:
+        _MODEL_BUDGET.reset(token)
+
+
+def _gib(size):
+    return f"{size / 2 ** 30:.1f} GiB"
+
+
+def parameter_budget(who, count, buffers=0):
+    """Refuses (:class:`BudgetError`) a network of more than :data:`MAX_PARAMETERS` weights before it is built,
+    and, inside :func:`model_budget`, one that would take the model past :data:`MAX_MODEL_BYTES`.
+
+    :param str who: the network's name.
+    :param int count: its weights.
+    :param int buffers: other float32 values it holds (e.g. the masks of an autoregressive network).
+    """
     if count > MAX_PARAMETERS:
-        raise ConfigError(f"{who} would have {count} weights, above the limit of {MAX_PARAMETERS}; use smaller "
-                          f"hidden widths, channels or latent_dim")
+        raise BudgetError(f"{who} would have {count:,} weights, above the limit of {MAX_PARAMETERS:,} for one "
+                          f"network; use smaller hidden widths, channels or latent_dim", who, who)
+    tally = _MODEL_BUDGET.get()
+    if tally is None:
+        return
+    tally["weights"] += count
+    tally["values"] += buffers
+    tally["parts"][who] = tally["parts"].get(who, 0) + count
+    needed = BYTES_PER_WEIGHT * tally["weights"] + 4 * tally["values"]
+    if needed > MAX_MODEL_BYTES:
+        largest = max(tally["parts"], key=tally["parts"].get)
+        raise BudgetError(f"the model would have {tally['weights']:,} weights, {_gib(needed)} to train with "
+                          f"gradients and Adam's state, above the budget of {_gib(MAX_MODEL_BYTES)} "
+                          f"(pyro_vae.util.MAX_MODEL_BYTES); the largest part is {largest} with "
+                          f"{tally['parts'][largest]:,} weights: use smaller hidden widths", who, largest)
+
+
+def autoregressive_weights(input_dim, hidden, context_dim=0, param_dims=2):
+    """``(weights, mask values)`` of Pyro's (Conditional)AutoRegressiveNN with two hidden layers of width ``hidden``
+    and ``param_dims`` outputs per input: counted before it is built (each layer keeps a mask of its weights' size)."""
+    if hidden < input_dim:   # Pyro's MADE masks need a hidden unit per input at least
+        raise ConfigError(f"the flows' hidden width {hidden} is below latent_dim {input_dim}; use a hidden width of "
+                          f"at least {input_dim}")
+    sizes = [input_dim + context_dim, hidden, hidden, param_dims * input_dim]
+    weights = sum(fan_in * fan_out + fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
+    masks = sum(fan_in * fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
+    return weights, masks
 
 
 def positive_number(name, value):

@@ -31,6 +31,8 @@ def readme_labelled_vae():
 class Scratch(nn.Module):
     """A VAE written from scratch (not a pv.VAE): Pyro model and guide, its own networks and names."""
 
+    obs_site, code_site = "pixels", "code"   # the contract: a model naming its own sites declares them
+
     def __init__(self, pixels=64, latent=3):
         super().__init__()
         self.enc = nn.Linear(pixels, 2 * latent)
