@@ -20,7 +20,7 @@ from torch import nn
 
 import pyro.poutine as poutine
 
-from .contract import call_with, check_model, device_of
+from .contract import call_with, check_model, device_of, sample_sites
 from .errors import ConfigError
 from .model import VAE
 from .util import image_shape as image_shape_of
@@ -69,16 +69,16 @@ class Wrapped(nn.Module):
         with torch.no_grad():
             guide_trace = poutine.trace(self.guide).get_trace(x)
             model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(x)
-        latent = [n for n, s in guide_trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]]
-        observed = [n for n, s in model_trace.nodes.items() if s["type"] == "sample" and s["is_observed"]]
+        latent = [n for n, s in sample_sites(guide_trace).items() if not s["is_observed"]]
+        observed = [n for n, s in sample_sites(model_trace).items() if s["is_observed"]]
         self.code_site = _one("code_site", code_site, latent, "latent site of the guide")
         self.obs_site = _one("obs_site", obs_site, observed, "observed site of the model")
+        check_model(self, x)
         event = guide_trace.nodes[self.code_site]["fn"].event_shape
         if len(event) != 1:
             raise ConfigError(f"the code site {self.code_site!r} has event shape {tuple(event)}; codes must be "
                               f"vectors (.to_event(1))")
         self.latent_dim = int(event[0])
-        check_model(self, x)
 
     # --- the probabilistic program -------------------------------------------------------------
 
@@ -173,8 +173,8 @@ def _one(what, given, found, kind):
             raise ConfigError(f"{what}={given!r} is not a {kind} ({', '.join(map(repr, found)) or 'none'})")
         return given
     if len(found) != 1:
-        raise ConfigError(f"the pair has {len(found)} {kind}s ({', '.join(map(repr, found)) or 'none'}); say which "
-                          f"with {what}=...")
+        raise ConfigError(f"the pair has {len(found)} candidates for the {kind} ({', '.join(map(repr, found)) or 'none'}); "
+                          f"say which with {what}=...")
     return found[0]
 
 

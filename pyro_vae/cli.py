@@ -76,7 +76,7 @@ def _plateau(epochs):
 #: --lr-schedule: name -> (epochs -> scheduler factory), or None for a constant rate
 LR_SCHEDULES = {"constant": None, "cosine": _cosine, "plateau": _plateau}
 #: model kinds; cvae and m2 need labelled data
-MODEL_KINDS = ("vae", "cvae", "m2", "hvae")
+MODEL_KINDS = ("vae", "cvae", "m2", "hvae", "gmvae")
 NETWORKS = {
     "mlp": lambda shape, args, ppp: (pv.networks.MLPEncoder(shape, args.latent_dim, args.hidden),
                                      pv.networks.MLPDecoder(shape, args.latent_dim, args.hidden[::-1], ppp)),
@@ -90,8 +90,8 @@ _LABELLED = ("cvae", "m2")
 #: ignore it can be refused instead of silently doing nothing; dest -> (default, what it sets, which parts
 #: read it, whether this run has one of them, the parts this run has instead)
 PART_FLAGS = {
-    "num_components": (10, "the number of mixture components", "--prior mog",
-                       lambda a: a.prior == "mog", lambda a: f"--prior {a.prior}"),
+    "num_components": (10, "the number of mixture components", "--prior mog or --model gmvae",
+                       lambda a: a.prior == "mog" or a.model == "gmvae", lambda a: f"--prior {a.prior}"),
     "num_pseudo_inputs": (500, "the number of pseudo-inputs", "--prior vamp",
                           lambda a: a.prior == "vamp", lambda a: f"--prior {a.prior}"),
     "num_flows": (2, "the number of flows", "--prior flow and --guide iaf",
@@ -211,7 +211,8 @@ def build_parser():
     train.add_argument("--hidden", type=_positive(int, u.MAX_WIDTH), nargs="+", default=None,
                        help="hidden widths of --network mlp (default 400)")
     train.add_argument("--model", type=_choice(MODEL_KINDS, "model"), default="vae",
-                       help="vae, cvae (conditional on the label), m2 (semi-supervised), hvae (z2 -> z1 -> x)")
+                       help="vae, cvae (conditional on the label), m2 (semi-supervised), hvae (z2 -> z1 -> x), "
+                            "gmvae (a cluster summed out in the model; --num-components clusters)")
     train.add_argument("--labels", type=_non_negative_int, default=None,
                        help="m2: number of labelled training images in all (not per class), class-balanced, at "
                             "least one per class (default: all)")
@@ -395,6 +396,13 @@ def _check_combination(args):
     if args.labels is not None and args.model != "m2":
         raise pv.ConfigError(f"--labels sets how many images keep their label for --model m2; drop it for "
                              f"--model {args.model}")
+    if args.model == "gmvae" and args.prior not in ("standard", "mog"):
+        raise pv.ConfigError(f"--model gmvae's prior is its mixture of Gaussians (--num-components); drop "
+                             f"--prior {args.prior}")
+    if args.model == "gmvae" and (args.objective != "elbo" or args.jit or args.compile):
+        what = "--jit" if args.jit else "--compile" if args.compile else f"--objective {args.objective}"
+        raise pv.ConfigError(f"--model gmvae sums its cluster out exactly (TraceEnum_ELBO), which {what} does not "
+                             f"do; drop {what}")
     if args.model == "m2" and args.objective != "elbo":
         raise pv.ConfigError(f"--model m2 sums the unknown labels out exactly (TraceEnum_ELBO), which --objective "
                              f"{args.objective} cannot do; use --objective elbo (with --num-particles K if wanted)")
@@ -423,7 +431,9 @@ def _objective(args):
     import pyro.infer   # a heavy import: only when a run is built
     particles = args.num_particles or (5 if args.objective == "iwae" else 1)
     common = {"num_particles": particles, "vectorize_particles": particles > 1}
-    if args.model == "m2":
+    if args.model == "gmvae":   # its cluster is summed out in the model
+        loss = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1, **common)
+    elif args.model == "m2":
         # fully labelled batches (e.g. the test set) have nothing to enumerate: not worth a warning
         loss = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False, **common)
     else:
@@ -464,6 +474,10 @@ def _build_parts(args, train, likelihood, num_classes=None):
         return cls(image_shape=train.image_shape, latent_dim=args.latent_dim, num_classes=num_classes, prior=prior,
                    likelihood=likelihood, posterior=posterior, hidden=args.hidden, **extra)
     encoder, decoder = NETWORKS[args.network](train.image_shape, args, likelihood.params_per_pixel)
+    if kind == "gmvae":
+        return pv.extended.GMVAE(image_shape=train.image_shape, latent_dim=args.latent_dim, encoder=encoder,
+                                 decoder=decoder, prior=pv.priors.MixtureOfGaussians(args.num_components),
+                                 likelihood=likelihood, posterior=posterior)
     if kind == "hvae":
         return pv.extended.HierarchicalVAE(image_shape=train.image_shape,
                                            latent_dims=(args.latent_dim, args.top_latent_dim), encoder=encoder,
@@ -707,7 +721,14 @@ def cmd_sample(args):
     pv.checkpoint.refuse_run_file(out)
     if not out.lower().endswith(".png"):
         raise pv.ConfigError(f"--out {out} must name a .png file")
-    if hasattr(vae, "sample_by_class"):   # cvae and m2: one row per class, one style per column
+    if isinstance(vae, pv.extended.GMVAE):   # one row per cluster
+        import torch
+        torch.manual_seed(args.seed)
+        per_cluster = max(1, round(args.num / vae.num_clusters))
+        with torch.no_grad():
+            images = vae.sample_by_cluster(per_cluster).cpu()
+        pv.plots.show_images(images, title="One row per cluster", nrow=per_cluster, path=out)
+    elif hasattr(vae, "sample_by_class"):   # cvae and m2: one row per class, one style per column
         import torch
         torch.manual_seed(args.seed)
         per_class = max(1, round(args.num / vae.num_classes))

@@ -117,7 +117,8 @@ def first_batch(data, device, size=CHECK_IMAGES):
     return x, y, ({"covariates": batch[2][:size].to(device)} if covariates else {})
 
 
-def _sample_sites(trace):
+def sample_sites(trace):
+    """The sample sites of a trace by name, without plates' subsample sites and auxiliary sites."""
     return {name: site for name, site in trace.nodes.items()
             if site["type"] == "sample" and not site["infer"].get("is_auxiliary")
             and type(site["fn"]).__name__ != "_Subsample"}
@@ -246,7 +247,7 @@ def check_model(vae, data, y=None, loss=None, **inputs):
             vae.model, trace=guide_trace)).get_trace(x, y, **inputs))
         for role, trace in (("guide", guide_trace), ("model", model_trace)):
             _run(f"the {role}", trace.compute_log_prob)
-        guide_sites, model_sites = _sample_sites(guide_trace), _sample_sites(model_trace)
+        guide_sites, model_sites = sample_sites(guide_trace), sample_sites(model_trace)
         for role, sites in (("guide", guide_sites), ("model", model_sites)):
             for name, site in sites.items():
                 _check_plate(name, site, role, n)
@@ -337,4 +338,4 @@ def device_of(vae):
     return torch.device("cpu")
 
 
-__all__ = ["Contract", "check_model", "check_loss", "check_networks", "default_loss", "enumerates", "first_batch", "call_with", "device_of"]
+__all__ = ["Contract", "check_model", "check_loss", "check_networks", "default_loss", "enumerates", "first_batch", "call_with", "device_of", "sample_sites"]

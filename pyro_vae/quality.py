@@ -22,6 +22,7 @@ what a model that reproduced the data distribution would get.
 classifier's class frequencies) between samples and test images.
 """
 
+import math
 import os
 
 import torch
@@ -35,7 +36,7 @@ __all__ = ["train_classifier", "classifier_for", "features", "frechet_distance",
            "model_samples", "sample_quality", "posterior_predictive", "plot_posterior_predictive"]
 
 #: the classifier's settings; part of the cache key, so a change retrains it
-CLASSIFIER = {"hidden": [256, 128], "epochs": 10, "batch_size": 128, "lr": 1e-3, "seed": 0}
+CLASSIFIER = {"hidden": [256, 128], "epochs": 10, "min_steps": 1000, "batch_size": 128, "lr": 1e-3, "seed": 0}
 
 
 def _images(data, limit=None, device="cpu"):
@@ -61,7 +62,7 @@ def train_classifier(train, test, progress=False, **settings):
     """Train the feature classifier on ``train`` (its labels; images as its batches deliver them, so a
     dynamically binarized set gives fresh binarizations every epoch) and measure its accuracy on ``test``.
 
-    :param settings: overrides of :data:`CLASSIFIER`.
+    :param settings: overrides of :data:`CLASSIFIER` (``epochs`` of the training set, at least ``min_steps`` steps).
     :returns: ``(classifier, info)``; ``info`` is the JSON-ready config that rebuilds it (``config``) and its
         ``test_accuracy``.
     """
@@ -75,7 +76,10 @@ def train_classifier(train, test, progress=False, **settings):
         torch.manual_seed(s["seed"])
         classifier = _build(config)
         optimizer = torch.optim.Adam(classifier.parameters(), lr=s["lr"])
-        for _ in range(positive_int("classifier epochs", s["epochs"])):
+        # small training sets get more epochs: at least min_steps steps in all
+        epochs = max(positive_int("classifier epochs", s["epochs"]),
+                     math.ceil(s["min_steps"] / train.num_batches(s["batch_size"])))
+        for _ in range(epochs):
             for x, y in train.to("cpu").batches(s["batch_size"], generator=generator):
                 keep = y >= 0
                 loss = nn.functional.cross_entropy(classifier(x[keep]), y[keep])

@@ -52,15 +52,22 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
         early_stopping=None, compile=False, eval_samples=1000, pictures=True):
     """Train ``vae`` by stochastic variational inference and return its per-epoch history.
 
-    :param vae: a :class:`~pyro_vae.VAE` (or any module with ``model(x, y)``, ``guide(x, y)``,
-        ``likelihood``, ``image_shape`` and ``config``).
+    :param vae: a :class:`~pyro_vae.VAE`, a subclass, or a Pyro pair wrapped by :func:`~pyro_vae.wrap`:
+        checked once before the first step (:func:`~pyro_vae.check_model`). What ``fit`` uses of it: an
+        ``nn.Module`` (``parameters``, ``to``, ``train``/``eval``, ``state_dict``) with ``model(x, y, **inputs)``
+        and ``guide(x, y, **inputs)``, ``image_shape``, ``obs_site`` and ``code_site`` (default ``"x"``,
+        ``"z"``), optionally ``likelihood.check_data`` (vets the data) and ``label_role``; with
+        ``checkpoint_dir`` also ``config`` (what config.json records), and for the pictures ``latent_dim``,
+        ``encode``, ``generate``, ``reconstruct``, ``sample``, ``sample_codes``, ``top_dim``, ``top_codes``,
+        ``decode_top`` and ``device``.
     :param train: :class:`~pyro_vae.data.ImageDataset` to train on (moved to the device once); its
         covariates, if any, reach model and guide as the keyword ``covariates``.
     :param test: optional dataset; its ELBO is computed after every epoch.
     :param int epochs: total number of epochs (a resumed run continues up to this number).
     :param int batch_size: images per step.
     :param float lr: learning rate.
-    :param loss: a Pyro ELBO instance (default ``Trace_ELBO()``); e.g. ``TraceMeanField_ELBO()`` for an
+    :param loss: a Pyro ELBO instance (default ``Trace_ELBO()``, or ``TraceEnum_ELBO(max_plate_nesting=1)``
+        for a model with enumerated sites, e.g. :class:`~pyro_vae.extended.GMVAE`); e.g. ``TraceMeanField_ELBO()`` for an
         analytic KL, ``RenyiELBO(alpha=0, num_particles=5, vectorize_particles=True)`` for IWAE, or
         ``JitTrace_ELBO()``: the default's estimator traced once by ``torch.jit`` (on one batch, before
         the first step of each ``fit`` call, outside the run's random stream so that resumed runs stay

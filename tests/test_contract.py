@@ -369,3 +369,16 @@ def test_the_built_in_models_keep_the_contract(digits_binary):
         assert contract.obs_site == "x" and vae.code_site in contract.latent
     half = pv.extended.keep_labels(train, 100)
     assert pv.check_model(models[2], half).guide_enumerated == ("y_unobserved",)
+
+
+def test_the_cli_trains_and_samples_a_gmvae(tmp_path, capsys):
+    from pyro_vae import cli
+    run = tmp_path / "gmvae"
+    assert cli.main(["train", "--model", "gmvae", "--num-components", "3", "--dataset", "digits", "--epochs", "1",
+                     "--latent-dim", "2", "--hidden", "32", "--eval-samples", "5", "--out", str(run)]) == 0
+    config = pv.load_run(run)[1]
+    assert config["vae"]["model"] == "GMVAE" and config["fit"]["loss"] == "TraceEnum_ELBO"
+    assert cli.main(["sample", str(run), "--num", "6"]) == 0 and (run / "samples-epoch1-seed0.png").exists()
+    assert cli.main(["train", "--model", "gmvae", "--objective", "iwae", "--dataset", "digits",
+                     "--out", str(tmp_path / "no")]) == 2
+    assert "TraceEnum_ELBO" in capsys.readouterr().err

@@ -254,3 +254,25 @@ pv.plots.reconstructions(vae, test.images[:12], n=12, path=OUT / "reconstruction
 # %%
 pv.plots.samples(vae, n=64, path=OUT / "samples.png", seed=0)
 print("wrote", ", ".join(sorted(p.name for p in OUT.glob("*.png"))))
+
+# %% [markdown]
+# ## Your own model and guide, unchanged: `pv.wrap`
+#
+# The `model` and `guide` functions we trained with SVI at the start are not a `pv.VAE`, and the rest of
+# the package does not need one. `pv.wrap` takes the module that holds their parameters and the image
+# shape, finds the code site (`z`) and the observed site (`x`) from one trace, checks the pair once
+# (`pv.check_model`: one `data` plate, one log-density per image, every latent site of the model in the
+# guide) and gives it what `pv.fit`, `pv.evaluate` and the pictures ask of a model: codes are the mean
+# of the guide's distribution, images the mean of the model's. A class with `model(x)` and `guide(x)`
+# methods, such as the one in Pyro's own VAE tutorial, goes in the same way,
+# `pv.wrap(TutorialVAE(), image_shape=(1, 28, 28))`, and reloads with
+# `pv.load_run(run, model_class=TutorialVAE)`.
+
+# %%
+scratch = pv.wrap(nn.ModuleDict({"encoder": encoder, "decoder": decoder}), image_shape=shape,
+                  model=model, guide=guide)
+scratch_report = pv.evaluate.report(scratch, test, num_samples=50 if SMOKE else 500)
+print(f"the SVI-trained pair through pv.wrap: ELBO {scratch_report['elbo']:.2f}, "
+      f"{scratch_report['quantity']} >= {scratch_report['log_likelihood']:.2f} nats "
+      f"(K={scratch_report['num_samples']}), active units {scratch_report['active_units']} of {LATENT}")
+pv.plots.samples(scratch, n=64, path=OUT / "samples_from_scratch.png", seed=0)
