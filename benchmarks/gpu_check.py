@@ -217,7 +217,7 @@ def timing_rows(stage, times, warmup, states, num_images, steps, extra):
 
 def compiled_fit(make_vae, compile, epochs=2, batch_size=None, lr=1e-3):
     """``(setup, epoch)`` of ``pv.fit(..., compile=compile)``: each call trains ``epochs`` epochs and the last
-    one is timed (``speed.make_fit``'s protocol, which takes no ``compile`` argument). The first epoch of
+    one is timed (``speed.make_fit``'s protocol). The first epoch of
     every call is kept in ``state["first"]``."""
     def setup(image_shape, device):
         return {"vae": make_vae(image_shape).to(device), "first": []}
@@ -376,7 +376,7 @@ def stage_launch(ctx, budget, stage):
             return setup, (lambda state, data, batch, generator: epoch(state, data, generator))
         methods = {
             HAND: adapt("hand-written PyTorch"),
-            "fit, Trace_ELBO (default)": adapt("pyro_vae.fit Trace_ELBO"),
+            "fit, Trace_ELBO (default)": adapt("pyro_vae.fit default"),
             "fit, JitTrace_ELBO": adapt("pyro_vae.fit JitTrace_ELBO"),
             "fit(compile=True): sync-free replay": compiled_fit(overhead.tiny_vae, True, lr=overhead.LR),
             "make_step replay, plain loop": adapt("fast replay"),

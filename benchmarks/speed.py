@@ -13,6 +13,11 @@ the ratios within each round (paired, so a machine that slows down between round
     python benchmarks/speed.py                        # CPU, batch sizes 32 128 512, mnist5k (4,000 images)
     python benchmarks/speed.py --device cuda --dataset fashion-mnist   # 60,000 images on a GPU
     CI=1 python benchmarks/speed.py                   # smoke mode: seconds
+    python benchmarks/speed.py --final-elbo-epochs 60 --batch-sizes   # the default's final ELBO against Pyro's path
+
+``--final-elbo-epochs N`` also trains the default ``pv.VAE()`` (``pyro-vae train``'s model) for N epochs
+with the default ``fit`` (the replay step) and with ``compile=False`` (Pyro's own ``Trace_ELBO``), from
+the same seeds, and reports each final test ELBO with its Monte Carlo standard error.
 
 Prints a table and writes JSON (``--json``, default ``benchmarks/results/speed-<device>.json``).
 """
@@ -144,23 +149,25 @@ def loop_epoch(state, data, batch_size, generator):
     return total.item()
 
 
-def make_fit(loss_factory):
-    """An epoch of ``pv.fit`` with the given ELBO, timed in the steady state.
+def make_fit(loss_factory=None, **options):
+    """An epoch of ``pv.fit`` with the given ELBO (``None``: fit's default) and options, timed in the steady state.
 
     Each call runs ``fit`` for two epochs on the same model and reports the second: with
     ``JitTrace_ELBO`` the first epoch of every ``fit`` call is slower (about 0.1 s here) while the JIT
     optimises the graph it traced before that epoch; eager ELBOs pay next to nothing. A real run of many
-    epochs pays that once, not per epoch. The first epoch is kept as ``first_epoch_of_fit_seconds``.
+    epochs pays that once, not per epoch. The first epoch is kept as ``first_epoch_of_fit_seconds``; the
+    set-up before it (for the default, the choice of step: probing batches and tracing their graphs) is in
+    neither.
     """
     def setup(image_shape, device):
-        return {"vae": tutorial_vae(image_shape).to(device), "loss": loss_factory(), "first": []}
+        return {"vae": tutorial_vae(image_shape).to(device), "loss": loss_factory and loss_factory(), "first": []}
 
     def epoch(state, data, batch_size, generator):
         # the epoch time is fit's own per-epoch "seconds" (the loop over the batches, read back once at
         # the end): the set-up a real run does once (data checks, seeding, the optimizer) is not an epoch
         history = pv.fit(state["vae"], data, epochs=2, batch_size=batch_size, loss=state["loss"],
                          device=data.images.device, progress=False,
-                         seed=int(torch.randint(0, 2 ** 31, (1,), generator=generator)))
+                         seed=int(torch.randint(0, 2 ** 31, (1,), generator=generator)), **options)
         state["first"].append(history[0]["seconds"])
         return history[1]["seconds"]
     return setup, epoch
@@ -204,12 +211,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist5k")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128, 512])
+    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[32, 128, 512],
+                        help="none: only the --final-elbo-epochs comparison")
     parser.add_argument("--repeats", type=int, default=1 if smoke else 5, help="timed epochs per method")
     parser.add_argument("--limit", type=int, default=256 if smoke else None, help="use only N training images")
     parser.add_argument("--methods", nargs="*", default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--final-elbo-epochs", type=int, default=0,
+                        help="also compare the default fit's final test ELBO with Pyro's path after N epochs")
+    parser.add_argument("--final-elbo-seeds", type=int, nargs="+", default=[0, 1])
     args = parser.parse_args(argv)
     # JitTrace_ELBO uses torch.jit.trace, which PyTorch 2.14 marks deprecated once per fit call
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated", category=FutureWarning)
@@ -226,7 +237,9 @@ def main(argv=None):
         "hand-written PyTorch": (make_plain(closed_form_loss), loop_epoch),
         "hand-written, Monte Carlo KL": (make_plain(log_density_loss), loop_epoch),
         "minimal Pyro model/guide, Trace_ELBO": (make_minimal_pyro, loop_epoch),
-        "pyro_vae.fit Trace_ELBO": make_fit(Trace_ELBO),
+        # the default: the sync-free replay step, chosen by fit (Trace_ELBO, reparameterised, fixed sites)
+        "pyro_vae.fit default": make_fit(),
+        "pyro_vae.fit Trace_ELBO": make_fit(Trace_ELBO, compile=False),   # Pyro's own ELBO every step
         "pyro_vae.fit TraceMeanField_ELBO": make_fit(TraceMeanField_ELBO),
         "pyro_vae.fit JitTrace_ELBO": make_fit(lambda: JitTrace_ELBO(ignore_jit_warnings=True)),
         "Pyro SVI.step Trace_ELBO": (make_svi, svi_epoch),
@@ -271,17 +284,64 @@ def main(argv=None):
         print(f"{r['batch_size']:5d} {r['method']:38s} {r['epoch_seconds']:8.3f} {r['ratio_to_hand_written']:6.2f} "
               f"{r['paired_ratio']:6.2f} {r['images_per_second']:9.0f} {r['gflops']:8.1f}")
     print("ratio: median epoch / median hand-written epoch; paired: median over rounds of the ratio within a round")
+    final = (compare_final_elbo(args.dataset, args.final_elbo_epochs, device, args.final_elbo_seeds, args.limit)
+             if args.final_elbo_epochs else None)
     out = args.json or os.path.join(os.path.dirname(__file__), "results", f"speed-{device.type}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     result = {"dataset": args.dataset, "num_images": len(train), "device": str(device),
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
               "threads": torch.get_num_threads(), "peak_gflops": peak, "repeats": args.repeats,
               "torch": torch.__version__, "pyro": pyro.__version__, "smoke": smoke, "rows": rows,
-              "argv": sys.argv[1:]}
+              "final_elbo": final, "argv": sys.argv[1:]}
     save_json(result, out)
     picture = os.path.splitext(out)[0] + ".png"
-    plot_ratios(result).savefig(picture, dpi=100)
-    print(f"wrote {out} and {picture}")
+    if rows:
+        plot_ratios(result).savefig(picture, dpi=100)
+    print(f"wrote {out}" + (f" and {picture}" if rows else ""))
+    return rows
+
+
+def test_elbo_with_error(vae, test, samples=10):
+    """The test ELBO (nats per image, ``samples`` draws of z per image) and its Monte Carlo standard error: the
+    spread of the draws, not of the images (both paths are scored on the same images)."""
+    means, variances = [], []
+    with pv.evaluate.eval_mode(vae), torch.no_grad():
+        for x, _ in test.batches(500, shuffle=False):
+            terms = pv.evaluate.log_weight_terms(vae, x, None, samples)
+            log_w = terms["log_likelihood"] + terms["log_prior"] - terms["log_posterior"]   # (samples, N)
+            means.append(log_w.mean(0).cpu())
+            variances.append(log_w.var(0).cpu() / samples)
+    means, variances = torch.cat(means), torch.cat(variances)
+    return means.mean().item(), (variances.sum().sqrt() / len(means)).item()
+
+
+def compare_final_elbo(dataset, epochs, device, seeds, limit=None):
+    """Train ``pv.VAE()`` for ``epochs`` with the default fit and with ``compile=False`` from each seed; print and
+    return the final test ELBOs. Training noise (the draws of z and of the binarization over the epochs) is
+    read from the spread over seeds; the replay and Pyro's path share each seed's draws."""
+    train, test = pv.data.load(dataset, binarize="dynamic")
+    if limit:
+        train, test = train.subset(range(min(limit, len(train)))), test.subset(range(min(limit, len(test))))
+    rows = []
+    for seed in seeds:
+        for name, compile in (("default fit (replay)", None), ("compile=False (Pyro's Trace_ELBO)", False)):
+            pyro.set_rng_seed(seed)
+            vae = pv.VAE(image_shape=train.image_shape)
+            started = time.perf_counter()
+            history = pv.fit(vae, train, test=test, epochs=epochs, seed=seed, compile=compile, device=device,
+                             progress=False)
+            seconds = time.perf_counter() - started
+            torch.manual_seed(1000 + seed)   # the same scoring draws for both paths
+            elbo, error = test_elbo_with_error(vae, test.to(device))
+            rows.append({"method": name, "seed": seed, "epochs": epochs, "fit_seconds": seconds,
+                         "test_elbo_10_samples": elbo, "mc_standard_error": error,
+                         "fit_test_elbo": history[-1]["test_elbo"], "train_elbo": history[-1]["train_elbo"]})
+            print(rows[-1], flush=True)
+    print(f"\nfinal test ELBO after {epochs} epochs on {dataset} ({len(train)} train / {len(test)} test images, "
+          f"10 draws per image; +- one Monte Carlo standard error)")
+    for r in rows:
+        print(f"  seed {r['seed']} {r['method']:36s} {r['test_elbo_10_samples']:9.3f} +- {r['mc_standard_error']:.3f}"
+              f"  ({r['fit_seconds']:.0f} s)")
     return rows
 
 

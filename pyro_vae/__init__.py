@@ -16,15 +16,16 @@ import importlib
 
 __version__ = "0.1.0"
 
-_MODULES = ("adapter", "checkpoint", "cli", "contract", "data", "distributed", "errors", "evaluate", "explorer", "extended", "guides",
-            "hooks", "likelihoods", "model", "networks", "plots", "priors", "train", "util")
+_MODULES = ("adapter", "checkpoint", "cli", "contract", "data", "diagnostics", "distributed", "errors", "estimators", "evaluate", "explorer", "extended", "guides",
+            "hooks", "likelihoods", "model", "networks", "plots", "priors", "quality", "train", "util")
 #: name -> the module that defines it
 _NAMES = {"VAE": "model", "build_vae": "model", "fit": "train", "load_run": "checkpoint",
           "check_model": "contract", "wrap": "adapter",
           "resolve_device": "distributed", "PyroVAEError": "errors", "DataError": "errors", "ConfigError": "errors",
           "CheckpointError": "errors", "TrainingError": "errors"}
 
-__all__ = list(_NAMES) + ["data", "evaluate", "extended", "hooks", "likelihoods", "networks", "plots", "priors"]
+__all__ = list(_NAMES) + ["data", "diagnostics", "estimators", "evaluate", "extended", "hooks", "likelihoods",
+                          "networks", "plots", "priors", "quality"]
 
 
 def __getattr__(name):

@@ -50,6 +50,15 @@ LOCK = ".lock"
 METRICS_LOCK = ".metrics.lock"
 #: the files of a run folder that nothing else may be written over
 RUN_FILES = (CONFIG, CHECKPOINT, BEST, METRICS, LOCK, METRICS_LOCK)
+#: the pictures a training run draws into its folder (``plots.save_all``, diagnostics), which ``pyro-vae sample``
+#: never writes over
+RUN_PICTURES = ("reconstructions.png", "samples.png", "latent_scatter.png", "curves.png", "latent_manifold.png",
+                "interpolation.png", "traversal.png", "diagnostics.png", "posterior-predictive.png")
+#: what else a run's commands write into its folder: removed with the run when a new one replaces it
+_RUN_OUTPUTS = (re.compile(r"samples-epoch\d+-seed\d+\.png"), re.compile(r"explorer\.html"))
+#: the default TensorBoard folder of ``pyro-vae train --tensorboard``, and the files TensorBoard writes in it
+TENSORBOARD = "tensorboard"
+_TENSORBOARD_FILE = re.compile(r"events\.out\.tfevents\..+")
 FORMAT_VERSION = 1
 #: a config.json or metrics.json larger than this is not one pyro_vae wrote
 MAX_JSON_BYTES = 64 * 2 ** 20
@@ -652,6 +661,27 @@ class RunFolder:
             raise CheckpointError(f"cannot remove {self.file(name)} ({e.strerror or e}); remove it yourself or "
                                   f"choose another folder") from None
 
+    def _old_outputs(self):
+        try:
+            return [n for n in os.listdir(self.path) if any(p.fullmatch(n) for p in _RUN_OUTPUTS)]
+        except OSError:
+            return []
+
+    def _remove_tensorboard(self):
+        """The old run's TensorBoard log, when the folder holds nothing else (a new run would add to its curves)."""
+        folder = self.file(TENSORBOARD)
+        if os.path.islink(folder) or not os.path.isdir(folder):
+            return
+        try:
+            names = os.listdir(folder)
+            if all(_TENSORBOARD_FILE.fullmatch(n) and os.path.isfile(os.path.join(folder, n)) for n in names):
+                for name in names:
+                    os.remove(os.path.join(folder, name))
+                os.rmdir(folder)
+        except OSError as e:
+            raise CheckpointError(f"cannot remove the old TensorBoard log {folder} ({e.strerror or e}); remove it "
+                                  f"yourself or choose another folder") from None
+
     def _open_locked(self, config, resume, overwrite):
         for name in self._temporary_files():
             self._remove(name)   # with the lock held, no writer is alive to finish them
@@ -669,8 +699,9 @@ class RunFolder:
             # the old run's files go before anything new is written: a new run that fails in its first epoch
             # must not leave the old checkpoint beside its own config.json, where resume would pick it up (and
             # without a checkpoint, best weights and metrics are those of a run that is gone)
-            for name in (CHECKPOINT, BEST, METRICS):
+            for name in (CHECKPOINT, BEST, METRICS, *RUN_PICTURES, *self._old_outputs()):
                 self._remove(name)
+            self._remove_tensorboard()
         save_json(config, self.file(CONFIG))
         return config
 
@@ -759,12 +790,15 @@ class RunFolder:
             save_json(metrics, self.file(METRICS))
 
 
-def refuse_run_file(path):
+def refuse_run_file(path, pictures=False):
     """Raise :class:`CheckpointError` if writing ``path`` would replace a file of a run folder (its checkpoint,
-    config, metrics or lock): the outputs of ``pyro-vae sample``/``explore`` never go over them."""
+    config, metrics or lock; with ``pictures``, also the pictures training drew, :data:`RUN_PICTURES`): the
+    outputs of ``pyro-vae sample``/``explore`` never go over them."""
     folder = os.path.dirname(os.path.abspath(path))
-    if os.path.basename(path) in RUN_FILES and RunFolder(folder, main=False).is_run():
-        raise CheckpointError(f"{path} is one of the run's own files; choose another output name")
+    name = os.path.basename(path)
+    if (name in RUN_FILES or (pictures and name in RUN_PICTURES)) and RunFolder(folder, main=False).is_run():
+        what = "pictures training drew" if name in RUN_PICTURES else "own files"
+        raise CheckpointError(f"{path} is one of the run's {what}; choose another output name")
 
 
 def load_run(run_dir, device="cpu", model_class=None, best=True, **parts):

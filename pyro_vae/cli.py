@@ -10,7 +10,8 @@ This module is the only place that maps names (strings) to classes; the library 
     pyro-vae train --objective iwae --num-particles 5
     pyro-vae train --beta 4 --warmup 10                 # a beta-VAE with KL warm-up
     pyro-vae train --jit                            # the same ELBO compiled by torch.jit: less Python per step
-    pyro-vae train --compile                        # Trace_ELBO traced once and replayed: no GPU sync per step
+    pyro-vae train --compile                        # force the replay step (the default picks it where exact)
+    pyro-vae train --step pyro                      # Pyro's own ELBO every step, never the replay
     pyro-vae train --lr-schedule cosine --early-stopping 10 --tensorboard
     pyro-vae train --model m2 --labels 100 --latent-dim 16     # semi-supervised, 100 labelled digits
     pyro-vae train --model cvae && pyro-vae sample RUN         # one row per digit
@@ -26,6 +27,7 @@ import re
 import signal
 import sys
 import time
+import warnings
 
 import pyro_vae as pv
 
@@ -57,6 +59,8 @@ OBJECTIVES = {
     "meanfield": ("TraceMeanField_ELBO", {}),   # analytic KL where registered, Monte Carlo elsewhere
     "iwae": ("RenyiELBO", {"alpha": 0}),         # the importance-weighted bound of Burda et al. (2016)
 }
+#: --gradient: the estimators of pyro_vae.estimators.IWAE (a Normal, mean-field guide)
+GRADIENTS = ("dreg", "stl", "iwae")
 #: --jit: the same estimator, traced once by torch.jit (Pyro has no compiled RenyiELBO)
 COMPILED = {"Trace_ELBO": "JitTrace_ELBO", "TraceMeanField_ELBO": "JitTraceMeanField_ELBO"}
 
@@ -233,13 +237,21 @@ def build_parser():
                        help="elbo (Trace_ELBO), meanfield (TraceMeanField_ELBO), iwae (RenyiELBO alpha=0)")
     train.add_argument("--num-particles", type=_positive(int, u.MAX_PARTICLES), default=None,
                        help="samples per image K, vectorized (default 1; 5 for iwae)")
+    train.add_argument("--gradient", type=_choice(GRADIENTS, "IWAE gradient"), default=None,
+                       help="--objective iwae: the guide's gradient estimator, dreg (doubly reparameterised), stl "
+                            "(sticking the landing) or iwae (plain); default: RenyiELBO's plain gradient")
     train.add_argument("--jit", action="store_true",
                        help="compile the ELBO once with torch.jit (JitTrace_ELBO): less Python per step, faster on "
                             "small batches; for models of fixed structure, not with --beta/--warmup")
+    train.add_argument("--step", choices=("auto", "replay", "pyro"), default="auto",
+                       help="how a step computes the ELBO: auto (default) the sync-free replay wherever it is exact "
+                            "(Trace_ELBO, continuous latents, a model whose sites do not change), else Pyro's own "
+                            "ELBO, the choice and its reason in config.json; replay always the replay (an error "
+                            "where it cannot be used); pyro always Pyro's own ELBO")
     train.add_argument("--compile", nargs="?", const="replay", default=None, choices=("replay", "compile"),
-                       help="the sync-free fast path: Trace_ELBO's estimator traced into one graph and replayed, no "
-                            "host-device sync per step (replay, the default); compile also compiles it with "
-                            "torch.compile (CUDA graphs on a GPU; slow to start)")
+                       help="force the sync-free fast path: Trace_ELBO's estimator traced into one graph and "
+                            "replayed, no host-device sync per step (replay, what --step auto picks where it can); "
+                            "compile also compiles it with torch.compile (CUDA graphs on a GPU; slow to start)")
     train.add_argument("--beta", type=_positive(float), default=1.0, help="weight of the KL term (beta-VAE)")
     train.add_argument("--warmup", type=_number(int, allow_zero=True, limit=MAX_EPOCHS), default=0,
                        help="KL warm-up: the KL weight grows linearly to --beta over this many epochs")
@@ -272,6 +284,11 @@ def build_parser():
     ev = commands.add_parser("evaluate", help="test ELBO and importance-sampled log p(x) of a run")
     ev.add_argument("run", help="run folder")
     ev.add_argument("--num-samples", type=_positive(int, MAX_EVAL_SAMPLES), default=1000, help="importance samples K")
+    ev.add_argument("--diagnostics", action="store_true",
+                    help="also KL per latent dimension, I(x;z), the amortisation and approximation gaps, and sample "
+                         "quality (Frechet distance, precision/recall in the features of a classifier trained on the "
+                         "run's data, cached in the run folder) with posterior predictive checks; writes them to "
+                         "metrics.json and diagnostics.png, posterior-predictive.png")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--no-progress", action="store_true")
 
@@ -358,12 +375,27 @@ def _apply_part_flags(args):
             setattr(args, dest, default)
 
 
-def _num_classes(train, test):
+def _num_classes(train, test, args=None):
     """K from every label, before --labels hides most of them (the highest class may then have none)."""
-    count = 1 + max(int(d.labels.max()) for d in (train, test) if d is not None and d.labels is not None)
+    import torch
+    labels = torch.cat([d.labels.reshape(-1) for d in (train, test) if d is not None and d.labels is not None])
+    classes = torch.unique(labels[labels >= 0])
+    if not len(classes):
+        raise pv.DataError(f"{train.name} has no labelled image; a labelled model needs class labels 0..K-1")
+    count = 1 + int(classes.max())
+    shown = ", ".join(map(str, classes[:10].tolist())) + (f", ..., {count - 1}" if len(classes) > 10 else "")
     if count > pv.util.MAX_CLASSES:
         raise pv.DataError(f"the labels of {train.name} go up to {count - 1}, more classes than the limit of "
                            f"{pv.util.MAX_CLASSES}; labels must be class indices 0..K-1")
+    if count > 2 * len(classes):
+        # one class per index up to the highest: most of them would have no image, and a one-hot code that long
+        raise pv.DataError(f"the labels of {train.name} are {len(classes)} classes numbered up to {count - 1} "
+                           f"({shown}), so a labelled model would have {count} classes, most without an image; "
+                           f"renumber the labels as class indices 0..{len(classes) - 1}")
+    if args is not None and args.latent_dim + count > pv.util.MAX_LATENT_DIM:
+        raise pv.ConfigError(f"--model {args.model} feeds z and a one-hot code of the {count} classes of "
+                             f"{train.name} to its decoder, {args.latent_dim + count} inputs, above the limit of "
+                             f"{pv.util.MAX_LATENT_DIM}; use a smaller --latent-dim, or fewer classes")
     return count
 
 
@@ -418,12 +450,30 @@ def _check_combination(args):
         what = "--objective iwae" if args.objective == "iwae" else "--model m2"
         raise pv.ConfigError(f"--jit compiles Trace_ELBO or TraceMeanField_ELBO, which {what} does not use; "
                              f"drop --jit")
+    if args.gradient is not None and (args.objective != "iwae" or args.model in ("hvae", "m2") or args.guide == "iaf"):
+        what = (f"--objective {args.objective}" if args.objective != "iwae" else
+                f"--model {args.model}" if args.model in ("hvae", "m2") else "--guide iaf")
+        raise pv.ConfigError(f"--gradient {args.gradient} estimates the IWAE gradient of a Normal guide whose sites "
+                             f"depend on the image only, which {what} does not have; use --objective iwae with "
+                             f"--model vae or cvae and --guide normal, or drop --gradient")
     if args.objective == "iwae" and args.num_particles == 1:
         raise pv.ConfigError("--objective iwae with one particle is the plain ELBO; use --num-particles 2 or more")
     if args.compile and (args.objective != "elbo" or args.model == "m2" or args.jit):
         what = "--jit" if args.jit else "--model m2" if args.model == "m2" else f"--objective {args.objective}"
         raise pv.ConfigError(f"--compile computes Trace_ELBO's estimator (--objective elbo, continuous latents), which "
                              f"{what} does not use; drop --compile or {what}")
+    if args.compile and args.step != "auto":
+        raise pv.ConfigError(f"--compile already chooses the replay step; drop --step {args.step} or --compile")
+    if args.step == "replay" and (args.objective != "elbo" or args.model in ("m2", "gmvae") or args.jit):
+        what = "--jit" if args.jit else f"--model {args.model}" if args.model in ("m2", "gmvae") else \
+            f"--objective {args.objective}"
+        raise pv.ConfigError(f"--step replay computes Trace_ELBO's estimator (--objective elbo, continuous latents), "
+                             f"which {what} does not use; use --step auto or pyro")
+
+
+def _step_request(args):
+    """fit's ``compile`` argument: None (auto), False (Pyro's own ELBO), or the replay mode."""
+    return args.compile or {"auto": None, "pyro": False, "replay": "replay"}[args.step]
 
 
 def _objective(args):
@@ -438,6 +488,9 @@ def _objective(args):
         loss = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False, **common)
     else:
         name, kwargs = OBJECTIVES[args.objective]
+        if args.gradient is not None:
+            return (pv.estimators.IWAE(num_particles=particles, gradient=args.gradient),
+                    {"name": args.objective, "loss": "IWAE", "num_particles": particles, "gradient": args.gradient})
         if args.jit:
             name, kwargs = COMPILED[name], dict(kwargs, ignore_jit_warnings=True)
         loss = getattr(pyro.infer, name)(**kwargs, **common)
@@ -515,7 +568,7 @@ def cmd_train(args):
     train, test = _load_data(data_info)
     likelihood = LIKELIHOODS[args.likelihood](args)
     _check_data_suits(args, likelihood, (train, test))
-    num_classes = _num_classes(train, test) if args.model in _LABELLED and train.labels is not None else None
+    num_classes = _num_classes(train, test, args) if args.model in _LABELLED and train.labels is not None else None
     if args.model == "m2" and args.labels is not None and num_classes is not None:
         train = _keep_labels(args, train, num_classes)
     import pyro
@@ -545,7 +598,7 @@ def cmd_train(args):
                device=processes.device, checkpoint_dir=out, resume=args.resume, overwrite=args.overwrite,
                progress=not args.no_progress, clip_norm=args.clip_norm, loss=loss, beta=args.beta,
                warmup=args.warmup, distributed=args.distributed, run_info=run_info, scheduler=_schedule(args),
-               early_stopping=args.early_stopping, compile=args.compile or False, eval_samples=args.eval_samples,
+               early_stopping=args.early_stopping, compile=_step_request(args), eval_samples=args.eval_samples,
                hooks=hooks)
     except Terminated:
         raise Terminated(_saved_epochs(args, out)) from None
@@ -669,14 +722,17 @@ def _import_model_class(spec):
 
 
 def _recorded_model(run):
-    """The model class name a run's config.json records, or ``None`` when it cannot be read."""
+    """``(class name, own)``: the model class a run's config.json names (``None`` when it cannot be read), and
+    whether it is the user's own: not one of this package's, or a module of one's own wrapped by ``pv.wrap``."""
     try:
         config = pv.checkpoint.RunFolder(run, main=False).config()
     except pv.PyroVAEError:
-        return None
+        return None, False
     entry = config.get("vae") if isinstance(config, dict) else None
     name = entry.get("model", "VAE") if isinstance(entry, dict) else None
-    return name if isinstance(name, str) and name.isidentifier() else None
+    if not (isinstance(name, str) and name.isidentifier()):
+        return None, False
+    return name, "wrapped" in entry or name not in pv.model.model_classes()
 
 
 def _load_run(args):
@@ -687,14 +743,14 @@ def _load_run(args):
     try:
         return pv.load_run(args.run, device=pv.distributed.resolve_device(args.device), model_class=model_class)
     except pv.ConfigError:
-        recorded, own = _recorded_model(args.run), pv.model.model_classes()
+        recorded, own = _recorded_model(args.run)
         if recorded is None or (model_class is not None and recorded == model_class.__name__):
             raise
-        if model_class is None and recorded not in own:
+        if model_class is None and own:
             raise pv.ConfigError(f"{args.run} was trained with a model class of your own, {recorded}; pass it with "
                                  f"--model-class module:{recorded} (the module that defines it, in the current "
                                  f"folder or on sys.path) or --model-class path/to/file.py:{recorded}") from None
-        if model_class is not None and recorded in own:
+        if model_class is not None and not own:
             raise pv.ConfigError(f"{args.run} was trained with pyro_vae's own {recorded}, not "
                                  f"{model_class.__name__}; drop --model-class") from None
         if model_class is not None:
@@ -705,20 +761,33 @@ def _load_run(args):
 
 def cmd_evaluate(args):
     vae, config, state = _load_run(args)
-    _, test = _load_data(config.get("data"))
-    metrics = pv.evaluate.report(vae, test, num_samples=args.num_samples, progress=not args.no_progress)
+    train, test = _load_data(config.get("data"))
+    cache = os.path.join(args.run, "classifier.pt")   # a run has one dataset: its feature classifier, cached
+    metrics = pv.evaluate.report(vae, test, num_samples=args.num_samples, progress=not args.no_progress,
+                                 diagnostics=args.diagnostics, train=train if args.diagnostics else None,
+                                 classifier_cache=cache)
     metrics["epoch"] = state["epoch"]
     _print_metrics(metrics)
+    if args.diagnostics:
+        for line in pv.diagnostics.summary_lines(metrics):
+            print(line)
+        for path in pv.diagnostics.write_pictures(metrics, args.run):
+            print(f"wrote {path}")
     # last, and merged with what a training run in the folder writes meanwhile: a Ctrl-C before it leaves
     # metrics.json as it was
-    pv.checkpoint.RunFolder(args.run).update_metrics(lambda m: m.setdefault("evaluations", []).append(metrics))
+    def record(m):
+        m.setdefault("evaluations", []).append(metrics)
+        for key in ("diagnostics", "sample_quality", "posterior_predictive"):   # the latest, where readers look
+            if metrics.get(key) is not None:
+                m[key] = metrics[key]
+    pv.checkpoint.RunFolder(args.run).update_metrics(record)
     return 0
 
 
 def cmd_sample(args):
     vae, _, state = _load_run(args)
     out = args.out or os.path.join(args.run, f"samples-epoch{state['epoch']}-seed{args.seed}.png")
-    pv.checkpoint.refuse_run_file(out)
+    pv.checkpoint.refuse_run_file(out, pictures=True)
     if not out.lower().endswith(".png"):
         raise pv.ConfigError(f"--out {out} must name a .png file")
     if isinstance(vae, pv.extended.GMVAE):   # one row per cluster
@@ -745,7 +814,8 @@ def cmd_explore(args):
     vae, config, _ = _load_run(args)
     _, test = _load_data(config.get("data"))
     out = args.out or args.run
-    paths = pv.explorer.explore(vae, test.images, out, labels=test.labels, html=args.html)
+    metrics = pv.checkpoint.RunFolder(args.run).read_metrics() if args.html else None   # diagnostics, if evaluated
+    paths = pv.explorer.explore(vae, test.images, out, labels=test.labels, html=args.html, metrics=metrics)
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0
 
@@ -793,6 +863,33 @@ def _build_parser_holding_signals():
     return parser
 
 
+class _OneLineWarnings:
+    """Warnings as one line each (``pyro-vae: warning: ...``), every distinct message once: a step that fails
+    warns from every batch (Pyro's "Encountered NaN" comes twice a step), and the error that follows says the
+    rest. Installed only over Python's own display, so a caller that records warnings (pytest) keeps them."""
+
+    def __init__(self):
+        self.seen, self.previous = set(), warnings.showwarning
+
+    @classmethod
+    def install(cls):
+        if warnings.showwarning is not getattr(warnings, "_showwarning_orig", None):
+            return None
+        shown = cls()
+        warnings.showwarning = shown.show
+        return shown
+
+    def show(self, message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        if (category, text) not in self.seen:
+            self.seen.add((category, text))
+            print(f"pyro-vae: warning: {text}", file=file or sys.stderr)
+
+    def uninstall(self):
+        if warnings.showwarning == self.show:
+            warnings.showwarning = self.previous
+
+
 def _out_of_memory(error):
     """Whether ``error`` is torch's refusal to allocate (its CPU allocator raises a plain RuntimeError)."""
     torch = sys.modules.get("torch")
@@ -809,6 +906,7 @@ def main(argv=None):
         previous = signal.signal(signal.SIGTERM, _on_signal), sigint and signal.signal(signal.SIGINT, sigint)
     except ValueError:   # not the main thread: leave signals alone
         previous = None
+    shown_warnings = _OneLineWarnings.install()
     args = None
     try:
         parser = _build_parser_holding_signals()
@@ -847,6 +945,8 @@ def main(argv=None):
         print(f"pyro-vae: {what}; {note}", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
     finally:
+        if shown_warnings is not None:
+            shown_warnings.uninstall()
         if "pyro_vae.distributed" in sys.modules:
             pv.distributed.shutdown()
         if previous is not None:

@@ -204,9 +204,11 @@ def check_networks(vae, x):
         out = _run("the decoder", lambda: vae.decoder(z))
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         if got != expected:
+            per_pixel = vae.likelihood.params_per_pixel
+            fix = f"build the decoder with params_per_pixel={per_pixel}" if per_pixel > 1 else "do not flatten images"
             raise ConfigError(f"the decoder returned {got} for {n} codes; the {type(vae.likelihood).__name__} "
-                              f"likelihood needs (..., P*C, H, W) = {expected} (P = {vae.likelihood.params_per_pixel} "
-                              f"parameters per pixel; do not flatten images)")
+                              f"likelihood needs (..., P*C, H, W) = {expected} (P = {per_pixel} parameters per "
+                              f"pixel); {fix}")
 
 
 def check_model(vae, data, y=None, loss=None, **inputs):

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, DataError, DownloadError
+from .util import MAX_VALUES_PER_IMAGE
 
 __all__ = [
     "BINARIZATIONS",
@@ -137,6 +138,12 @@ def _rescale_hint(low, high, whole):
     return f"rescale them, e.g. (x - ({low:g})) / {high - low:g}", None
 
 
+def _all_finite(values, piece=1 << 22):
+    """``torch.isfinite(values).all()``, a piece at a time: on the whole tensor it allocates a copy of it."""
+    flat = values.reshape(-1)
+    return all(bool(torch.isfinite(flat[i : i + piece]).all()) for i in range(0, flat.numel(), piece))
+
+
 def _validate_images(images):
     """Return ``images`` as a float32 tensor of shape (N, C, H, W) in [0, 1], or raise :class:`DataError`."""
     images = _as_tensor(images, "images")
@@ -166,7 +173,7 @@ def _validate_images(images):
         raise DataError(f"images of shape {tuple(images.shape)} look channels-last (N, H, W, C); pass (N, C, H, W), "
                         f"e.g. images.permute(0, 3, 1, 2)")
     images = images.to(torch.float32)
-    if not torch.isfinite(images).all():
+    if not _all_finite(images):
         raise DataError("images contain NaN or inf pixels; clean or drop those images first")
     low, high = images.min().item(), images.max().item()
     if low < 0.0 or high > 1.0:
@@ -656,6 +663,16 @@ class _FileBudget:
 
     def __init__(self, folder, limit):
         self.folder, self.limit, self.count = folder, limit, 0
+        #: files with an image name that are not regular files (pipes, links to devices, broken links)
+        self.skipped = []
+
+    def warn_skipped(self):
+        """One warning for every skipped file, naming the first."""
+        if self.skipped:
+            first = os.path.relpath(min(self.skipped), self.folder)
+            warnings.warn(f"skipped {len(self.skipped)} file(s) in {self.folder!r} with an image name that are not "
+                          f"regular files (a named pipe, a link to a device, or a broken link), e.g. {first!r}; "
+                          f"replace them with image files or remove them", UserWarning, stacklevel=3)
 
     def add(self, number=1):
         self.count += number
@@ -678,6 +695,8 @@ def _list_folder(directory, budget, follow_links=True):
                 elif _is_image_name(entry.name) and entry.is_file():
                     budget.add()
                     images.append(entry.path)
+                elif _is_image_name(entry.name):
+                    budget.skipped.append(entry.path)
     except OSError as error:
         raise DataError(f"could not list folder {directory!r} ({error.strerror or error}); check its "
                         f"permissions") from error
@@ -781,16 +800,10 @@ def _decode_image(path, limit):
                             f"e.g. flattened onto a background with PIL")
     elif raw.startswith(_JPEG_SIGNATURE):
         palette = False
-    else:
-        what = "is empty" if not raw else f"is not a PNG or JPEG file (it starts with 0x{raw[:8].hex()})"
+    else:   # (the file's bytes are not shown: it may be any file a link points to)
+        what = "is empty" if not raw else "is not a PNG or JPEG file"
         raise DataError(f"image {path!r} {what}; replace it, convert it to PNG, or delete it")
-    size = _declared_size(raw)
-    # a few kB of PNG can declare gigapixels; 16 bytes a pixel bound what decoding it could take (four
-    # channels, held as 32-bit numbers on the way to float32)
-    if size is not None and size[0] * size[1] * 16 > limit:
-        raise DataError(f"image {path!r} declares {size[0]}x{size[1]} pixels, more than the limit of {limit:,} "
-                        f"bytes (pyro_vae.data.MAX_DATA_BYTES) allows to decode; resize it, or pass "
-                        f"load_image_folder(..., max_bytes=N)")
+    # (its declared size was checked by _image_header before any image was decoded)
     # decoded without conversion, a palette image would give its palette indices as grey levels
     mode = ImageReadMode.RGB if palette else ImageReadMode.UNCHANGED
     data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
@@ -862,13 +875,102 @@ def _png_has_transparency(raw):
     return False
 
 
+#: how much of an image file is read for its header (a JPEG's frame header follows its metadata segments)
+_HEADER_BYTES = 1 << 18
+#: Pillow modes of grey images (an alpha channel aside); every other mode decodes to three channels
+_GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def _image_header(path, limit):
+    """``(height, width, channels)`` an image file declares, read through Pillow without decoding its pixels
+    (``PIL.Image.open`` reads the header only), checked against the memory one image may take.
+
+    Pillow's own decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) is respected: an image it refuses
+    is refused here, with its size, before anything is decoded.
+    """
+    from PIL import Image, UnidentifiedImageError
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        raise DataError(f"could not read image {path!r} ({error.strerror or error}); check its permissions") \
+            from None
+    if info.st_size > limit:
+        raise DataError(f"image file {path!r} is {info.st_size:,} bytes, above the limit of {limit:,} bytes "
+                        f"(pyro_vae.data.MAX_DATA_BYTES); resize it, or pass load_image_folder(..., max_bytes=N)")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_HEADER_BYTES)
+    except OSError as error:
+        raise DataError(f"could not read image {path!r} ({error.strerror or error}); check its permissions") \
+            from None
+    if not head.startswith((_PNG_SIGNATURE, _JPEG_SIGNATURE)):   # (its bytes are not shown: it may be any file)
+        raise DataError(f"image {path!r} is {'empty' if not head else 'not a PNG or JPEG file'}; replace it, "
+                        f"convert it to PNG, or delete it")
+    # the size is read here too, so that a header Pillow would reject as corrupt is still refused for its size
+    size = _declared_size(head)
+    if size is not None:
+        _check_pixels(path, *size, limit)
+    try:
+        with warnings.catch_warnings():
+            # above MAX_IMAGE_PIXELS Pillow only warns: the size is checked against this reader's budget below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path, formats=("PNG", "JPEG")) as image:
+                width, height = image.size
+                mode = image.mode
+    except Image.DecompressionBombError as error:
+        pixels = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{int(pixels.group(1)):,} pixels" if pixels else "more pixels"
+        raise DataError(f"image {path!r} declares {size}, more than Pillow decodes (twice "
+                        f"PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,}); resize it, or raise "
+                        f"PIL.Image.MAX_IMAGE_PIXELS") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error, EOFError):
+        raise DataError(f"could not read image {path!r} (its header is corrupt); replace or delete it") from None
+    _check_pixels(path, height, width, limit)
+    return height, width, 1 if mode in _GREY_MODES else 3
+
+
+def _check_pixels(path, height, width, limit):
+    # 16 bytes a pixel bound what decoding one image could take (four channels, held as 32-bit numbers on the
+    # way to float32)
+    if height * width * 16 > limit:
+        raise DataError(f"image {path!r} declares {height}x{width} pixels, more than the limit of {limit:,} "
+                        f"bytes (pyro_vae.data.MAX_DATA_BYTES) allows to decode; resize it, or pass "
+                        f"load_image_folder(..., max_bytes=N)")
+
+
+def _check_headers(paths, folder, limit):
+    """Every image's declared size, checked before any is decoded: one size for all, and the float32 tensor of
+    all of them (C = 3 if any is in colour) within ``limit``."""
+    first, size, colour = None, None, False
+    for path in paths:
+        height, width, channels = _image_header(path, limit)
+        if size is None:
+            first, size = path, (height, width)
+        elif (height, width) != size:
+            raise DataError(f"images in {folder!r} differ in size: {os.path.relpath(first, folder)!r} is "
+                            f"{size[0]}x{size[1]} but {os.path.relpath(path, folder)!r} is {height}x{width} "
+                            f"(height x width); resize them to one size first, e.g. with "
+                            f"torchvision.transforms.functional.resize")
+        colour = colour or channels == 3
+    if size is None:
+        return
+    shape = (3 if colour else 1, *size)
+    if math.prod(shape) > MAX_VALUES_PER_IMAGE:   # no model takes them: refused before gigabytes are decoded
+        raise DataError(f"images in {folder!r} are {size[0]}x{size[1]} pixels with {shape[0]} channel(s): "
+                        f"{math.prod(shape):,} values per image, above the limit of {MAX_VALUES_PER_IMAGE:,} "
+                        f"(pyro_vae.util.MAX_VALUES_PER_IMAGE); resize them")
+    _check_image_bytes(len(paths), shape, folder, limit)
+
+
 def _decode_images(paths, folder, limit):
     """Decode ``paths`` into one float32 tensor (N, C, H, W) in [0, 1], checking sizes and the byte limit.
 
     Colour decides C for the whole folder: with any RGB image every grey one is repeated over three
     channels (what torchvision's ``ImageFolder`` does by converting everything to RGB); a folder of grey
-    images only keeps C = 1.
+    images only keeps C = 1. Every header is checked first, so nothing is decoded for a folder that would
+    not fit.
     """
+    _check_headers(paths, folder, limit)
     out, first = None, None
     for index, path in enumerate(paths):
         image = _decode_image(path, limit)
@@ -932,7 +1034,9 @@ def load_image_folder(folder, max_files=None, max_bytes=None):
     folder = os.path.expanduser(os.fspath(folder))
     if not os.path.isdir(folder):
         raise DataError(f"image folder {folder!r} does not exist; check the path")
-    layout = _image_layout(folder, _FileBudget(folder, _check_limit(max_files, MAX_IMAGE_FILES, "max_files")))
+    budget = _FileBudget(folder, _check_limit(max_files, MAX_IMAGE_FILES, "max_files"))
+    layout = _image_layout(folder, budget)
+    budget.warn_skipped()
     if layout is None:
         raise DataError(f"{folder!r} holds no {'/'.join(IMAGE_EXTENSIONS)} images; lay them out as "
                         f"{_IMAGE_LAYOUTS}")
@@ -960,7 +1064,9 @@ def _load_folder(folder):
     idx, images = f"MNIST-style IDX files ({_IDX_EXPECTED})", f"PNG/JPEG images ({_IMAGE_LAYOUTS})"
     if empty:
         raise DataError(f"data folder {folder!r} is empty; it needs {idx} or {images}")
-    layout = _image_layout(folder, _FileBudget(folder, MAX_IMAGE_FILES))
+    budget = _FileBudget(folder, MAX_IMAGE_FILES)
+    layout = _image_layout(folder, budget)
+    budget.warn_skipped()
     if layout is None:
         raise DataError(f"data folder {folder!r} holds neither {idx} nor {images}")
     data = _read_image_layout(folder, layout, MAX_DATA_BYTES)
@@ -977,9 +1083,9 @@ def _npy_header(stream, what, limit):
     try:
         version = np.lib.format.read_magic(stream)
         if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
         elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
         else:
             raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
     except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as error:
@@ -995,22 +1101,84 @@ def _npy_header(stream, what, limit):
     declared = math.prod(shape) * dtype.itemsize
     if declared > limit:
         raise _too_large(what, declared, limit, "load_numpy(..., max_bytes=N)")
-    return shape, dtype, stream.tell(), declared
+    header = _Header((shape, dtype, stream.tell(), declared))
+    header.fortran = bool(fortran)
+    return header
 
 
-def _read_npy(open_stream, what, limit, stored_size):
-    """Read one .npy array; ``open_stream()`` opens it afresh, ``stored_size`` is its size in bytes."""
-    with open_stream() as stream:
-        shape, dtype, header_bytes, declared = _npy_header(stream, what, limit)
-    if stored_size - header_bytes < declared:
-        raise DataError(f"{what} is truncated: shape {shape} of {dtype} needs {declared:,} bytes, the file holds "
-                        f"{stored_size - header_bytes:,}; save it again")
+def _read_npy(open_stream, what, header, to_unit=False):
+    """Read the data of one .npy array whose ``header`` (from :func:`_npy_header`) has been checked, in pieces
+    into an array allocated once, so memory stays at the array itself (plus one piece); ``to_unit``: images,
+    converted on the way to float32 in [0, 1] (uint8 pixels divided by 255)."""
+    shape, dtype, header_bytes, declared = header
+    count = math.prod(shape)
+    out = np.empty(count, dtype=np.float32 if to_unit else dtype)
+    piece = max(1, (16 * _READ_CHUNK) // dtype.itemsize)
     try:
         with open_stream() as stream:
-            return np.lib.format.read_array(stream, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as error:
-        raise DataError(f"could not read {what} ({str(error).strip() or type(error).__name__}); the file is "
-                        f"corrupt: save it again") from error
+            _read_exact(stream, header_bytes)
+            for start in range(0, count, piece):
+                stop = min(count, start + piece)
+                if to_unit:
+                    values = np.frombuffer(_read_exact(stream, (stop - start) * dtype.itemsize), dtype=dtype)
+                    if dtype == np.uint8:
+                        np.divide(values, np.float32(255), out=out[start:stop])
+                    else:
+                        out[start:stop] = values
+                else:
+                    view, done = memoryview(out[start:stop]).cast("B"), 0
+                    while done < len(view):
+                        read = stream.readinto(view[done:])
+                        if not read:
+                            raise EOFError("the data end early")
+                        done += read
+    except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile, DataError) as error:
+        raise DataError(f"could not read {what} ({' '.join(str(error).split())[:120] or type(error).__name__}); "
+                        f"the file is corrupt: save it again") from None
+    if header[1].byteorder not in ("=", "|") and not to_unit:
+        out = out.astype(out.dtype.newbyteorder("="))
+    fortran = getattr(header, "fortran", False)
+    return out.reshape(shape[::-1]).T if fortran else out.reshape(shape)
+
+
+class _Header(tuple):
+    """``(shape, dtype, header_bytes, data_bytes)`` of a .npy member, with ``fortran`` (its data order)."""
+    fortran = False
+
+
+def _npy_headers(members, path, limit):
+    """Every member's checked header: shapes and dtypes that fit together, and one memory budget for all
+    of them as they will be held (images as float32), before any data is read."""
+    headers = {}
+    for key, (open_stream, what, stored_size) in members.items():
+        with open_stream() as stream:
+            headers[key] = shape, dtype, header_bytes, declared = _npy_header(stream, what, limit)
+        if stored_size - header_bytes < declared:
+            raise DataError(f"{what} is truncated: shape {shape} of {dtype} needs {declared:,} bytes, the file holds "
+                            f"{stored_size - header_bytes:,}; save it again")
+    shape, dtype = headers["images"][0], headers["images"][1]
+    if len(shape) not in (3, 4):
+        raise DataError(f"images in {path!r} have shape {shape}; save (N, H, W) or (N, C, H, W)")
+    if dtype.kind in "iu" and dtype != np.uint8:
+        raise DataError(f"images in {path!r} have integer dtype {dtype}; save uint8 pixels 0-255 or floats "
+                        f"in [0, 1]")
+    values = math.prod(shape[1:])
+    if values > MAX_VALUES_PER_IMAGE:
+        raise DataError(f"images in {path!r} have shape {shape}: {values:,} values per image, above the limit of "
+                        f"{MAX_VALUES_PER_IMAGE:,} (pyro_vae.util.MAX_VALUES_PER_IMAGE); use smaller images")
+    count = shape[0]
+    if "labels" in headers and headers["labels"][0] != (count,):
+        raise DataError(f"labels in {path!r} have shape {headers['labels'][0]}, expected ({count},): one class "
+                        f"index per image")
+    if "covariates" in headers and headers["covariates"][0][:1] != (count,):
+        raise DataError(f"covariates in {path!r}: got {(headers['covariates'][0] or ('no',))[0]} rows of covariates "
+                        f"for {count} images; pass one row per image")
+    needed = 4 * math.prod(shape) + sum(8 * math.prod(h[0]) for k, h in headers.items() if k != "images")
+    if needed > limit:
+        raise DataError(f"{path!r} holds {count:,} images of {'x'.join(map(str, shape[1:]))}, {needed:,} bytes as "
+                        f"float32, above the limit of {limit:,} bytes (pyro_vae.data.MAX_DATA_BYTES); subsample "
+                        f"them, or pass load_numpy(..., max_bytes=N)")
+    return headers
 
 
 def load_numpy(path, max_bytes=None):
@@ -1019,9 +1187,12 @@ def load_numpy(path, max_bytes=None):
     A ``.npy`` file holds the images alone; a ``.npz`` file (``np.savez``) holds an ``images`` array and
     optionally ``labels`` and ``covariates``, and no other arrays (a misspelt name is refused rather than
     dropped). Arrays are read with ``allow_pickle=False``: object arrays are refused, never unpickled.
+    Every array's header (shape and dtype) is checked before its data is read or decompressed, against one
+    budget: the images as float32 with the labels and covariates, at most ``max_bytes``; the data are then
+    decompressed piece by piece into arrays allocated once.
 
     :param path: path of the file, ending in ``.npy`` or ``.npz``.
-    :param int max_bytes: largest size an array's header may declare; default :data:`MAX_DATA_BYTES`.
+    :param int max_bytes: most bytes the arrays may take as they are held; default :data:`MAX_DATA_BYTES`.
     :return: ``(images, labels, covariates)`` numpy arrays: images float32 (N, C, H, W) in [0, 1] (a stored
         (N, H, W) gets C = 1; uint8 pixels are divided by 255, floats must already lie in [0, 1]); labels
         int64 (N,) or ``None``; covariates (N, D) or (N,) as stored, or ``None``.
@@ -1029,48 +1200,46 @@ def load_numpy(path, max_bytes=None):
     """
     limit = _check_limit(max_bytes, MAX_DATA_BYTES, "max_bytes")
     path = os.path.expanduser(os.fspath(path))
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise DataError(f"NumPy file {path!r} does not exist; check the path")
+    if not os.path.isfile(path):
+        raise DataError(f"{path!r} is not a regular file (a folder, a device or a pipe); point at a .npy/.npz file")
     if path.lower().endswith(".npy"):
-        arrays = {"images": _read_npy(lambda: open(path, "rb"), f"NumPy file {path!r}", limit,
-                                      os.path.getsize(path))}
-    elif path.lower().endswith(".npz"):
-        arrays = _read_npz(path, limit)
-    else:
+        members = {"images": (lambda: open(path, "rb"), f"NumPy file {path!r}", os.path.getsize(path))}
+        return _check_numpy_arrays(_read_members(members, path, limit), path)
+    if not path.lower().endswith(".npz"):
         raise DataError(f"{path!r} is neither a .npy nor a .npz file; save the images with np.save or np.savez")
-    return _check_numpy_arrays(arrays, path)
-
-
-def _read_npz(path, limit):
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as error:
         raise DataError(f"{path!r} is not a readable .npz archive ({error}); save it with np.savez") from error
     with archive:
-        members = {info.filename[:-4]: info for info in archive.infolist() if info.filename.endswith(".npy")}
-        unknown = sorted(set(members) - set(_NPZ_KEYS)) + sorted(
-            info.filename for info in archive.infolist() if not info.filename.endswith(".npy"))
-        if "images" not in members:
-            found = ", ".join(map(repr, sorted(members))) or "nothing"
-            raise DataError(f"{path!r} holds no 'images' array (found {found}); save it with "
-                            f"np.savez(path, images=..., labels=...)")
-        if unknown:
-            raise DataError(f"{path!r} holds arrays other than {', '.join(_NPZ_KEYS)}: {', '.join(unknown)}; "
-                            f"save only those names (np.savez(path, images=..., labels=..., covariates=...))")
-        return {key: _read_npy(lambda info=info: archive.open(info), f"array {key!r} of {path!r}", limit,
-                               info.file_size)
-                for key, info in members.items()}
+        return _check_numpy_arrays(_read_members(_npz_members(archive, path), path, limit), path)
+
+
+def _read_members(members, path, limit):
+    headers = _npy_headers(members, path, limit)
+    return {key: _read_npy(open_stream, what, headers[key], to_unit=key == "images")
+            for key, (open_stream, what, _) in members.items()}
+
+
+def _npz_members(archive, path):
+    members = {info.filename[:-4]: info for info in archive.infolist() if info.filename.endswith(".npy")}
+    unknown = sorted(set(members) - set(_NPZ_KEYS)) + sorted(
+        info.filename for info in archive.infolist() if not info.filename.endswith(".npy"))
+    if "images" not in members:
+        found = ", ".join(map(repr, sorted(members))) or "nothing"
+        raise DataError(f"{path!r} holds no 'images' array (found {found}); save it with "
+                        f"np.savez(path, images=..., labels=...)")
+    if unknown:
+        raise DataError(f"{path!r} holds arrays other than {', '.join(_NPZ_KEYS)}: {', '.join(unknown)}; "
+                        f"save only those names (np.savez(path, images=..., labels=..., covariates=...))")
+    return {key: (lambda info=info: archive.open(info), f"array {key!r} of {path!r}", info.file_size)
+            for key, info in members.items()}
 
 
 def _check_numpy_arrays(arrays, path):
-    images = arrays["images"]
-    if images.ndim not in (3, 4):
-        raise DataError(f"images in {path!r} have shape {images.shape}; save (N, H, W) or (N, C, H, W)")
-    if images.dtype == np.uint8:
-        images = images.astype(np.float32) / 255.0
-    elif images.dtype.kind in "iu":
-        raise DataError(f"images in {path!r} have integer dtype {images.dtype}; save uint8 pixels 0-255 or floats "
-                        f"in [0, 1]")
+    images = arrays["images"]   # float32, uint8 pixels already divided by 255 (see _read_npy)
     try:
         images = _validate_images(images).numpy()
     except DataError as error:

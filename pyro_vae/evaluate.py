@@ -265,7 +265,8 @@ def active_units(vae, data, threshold=0.01, batch_size=1000):
             posterior = vae.encode(x, y) if with_labels and y is not None else vae.encode(x)
             means.append(posterior[0].cpu())
     means = torch.cat(means)
-    return int((means.var(dim=0) > threshold).sum())
+    # one image has no spread to measure (the unbiased variance of one value is undefined, and torch warns)
+    return int((means.var(dim=0, correction=1 if len(means) > 1 else 0) > threshold).sum())
 
 
 def bits_per_dim(nats, image_shape):

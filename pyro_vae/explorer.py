@@ -60,6 +60,7 @@ img.px { image-rendering: pixelated; image-rendering: crisp-edges; background: #
 .viewer label { display: flex; flex-direction: column; gap: 0.3rem; font-size: 0.85rem; }
 .viewer input[type=range] { width: 14rem; }
 output { font-variant-numeric: tabular-nums; min-height: 1.2em; }
+#diagnostics th { text-align: left; font-weight: 600; padding: 0.15rem 1rem 0.15rem 0; }
 """
 
 # Each slider position shows one pre-rendered frame; "#step=K" in the address sets every slider to K as
@@ -168,7 +169,7 @@ def _manifold_section(vae, label, prior, n: int, tile: int) -> str:
 
 
 def write_html(vae, images, path, labels=None, *, dataset: str | None = None, steps: int = 9,
-               span: float = 3.0) -> Path:
+               span: float = 3.0, metrics: dict | None = None) -> Path:
     """Write a self-contained latent-space explorer page (see the module docstring for what it shows).
 
     The traversals start from the first image and rank dimensions by the variance of the top posterior means
@@ -186,6 +187,8 @@ def write_html(vae, images, path, labels=None, *, dataset: str | None = None, st
     :param dataset: the data set's name, for the header.
     :param steps: frames per traversal and interpolation.
     :param span: traversals move each coordinate ``span`` prior standard deviations either side.
+    :param metrics: a run's metrics.json; its ``diagnostics`` and ``sample_quality`` entries (written by
+        ``pyro-vae evaluate RUN --diagnostics``) add a section with their picture and numbers.
     :return: the path written.
     :raises DataError: images of a shape other than ``vae.image_shape``.
     """
@@ -255,11 +258,58 @@ def write_html(vae, images, path, labels=None, *, dataset: str | None = None, st
                     f'<p class="note">Mean images of {_SAMPLES} codes drawn from the prior (fixed seed).</p>'
                     f'{_img(plots.image_grid(drawn, nrow=8), tile, "grid", "samples")}</section>')
 
+    if metrics and metrics.get("diagnostics"):
+        sections.append(_diagnostics_section(metrics))
+
+    header = _header(vae, images, dataset, walk.prior.groups)
     page = ("<!DOCTYPE html>\n"
             f'<html lang="en"><head><meta charset="utf-8"><title>{escape(type(vae).__name__)} explorer</title>'
-            f"<style>{_STYLE}</style></head>\n<body>\n{_header(vae, images, dataset, walk.prior.groups)}\n" + "\n".join(sections)
+            f"<style>{_STYLE}</style></head>\n<body>\n{header}\n" + "\n".join(sections)
             + f"\n<script>{_SCRIPT}</script>\n</body></html>\n")
     return _write_text(page, path)
+
+
+def _figure_uri(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _diagnostics_section(metrics: dict) -> str:
+    """The diagnostics of ``pyro-vae evaluate --diagnostics``: their picture, the gaps and the sample quality."""
+    from pyro_vae import diagnostics, quality
+    d = metrics["diagnostics"]
+    rows = [("log p(x)", f"{d['log_likelihood']:.2f} nats (K={d['num_samples']}, first {d['num_images']} images)"),
+            ("ELBO of the encoder's q", f"{d['elbo_encoder']:.2f}"),
+            ("amortisation gap", f"{d['amortization_gap']:.2f} nats: what fitting q to each image alone gains"),
+            ("approximation gap", f"{d['approximation_gap']:.2f} nats: what the best q of the family still misses"),
+            ("active units", str(d["active_units"])),
+            ("I(x; z)", f"{d['mutual_information']:.2f} nats (at most log {d['mutual_information_images']})")]
+    q = metrics.get("sample_quality")
+    if q:
+        rows += [("Fréchet distance", f"{q['fd']:.2f} (floor {q['floor_fd']:.2f}: training vs test images)"),
+                 ("precision / recall", f"{q['precision']:.3f} / {q['recall']:.3f} (floor {q['floor_precision']:.3f} / "
+                                        f"{q['floor_recall']:.3f})"),
+                 ("feature classifier", f"test accuracy {q['classifier_accuracy']:.4f}; {q['note']}")]
+    checks = metrics.get("posterior_predictive")
+    if checks:
+        for name, stat in checks.get("statistics", {}).items():
+            rows.append((f"{name.replace('_', ' ')} (samples vs test)",
+                         f"{stat['samples_mean']:.3g} vs {stat['test_mean']:.3g} "
+                         f"({stat['standardized_difference']:+.2f} test sd)"))
+        if "class_frequencies" in checks:
+            rows.append(("class frequencies", f"total variation {checks['class_frequencies']['total_variation']:.3f}"))
+    table = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in rows)
+    picture = _figure_uri(diagnostics.plot(d))
+    ppc = ""
+    if checks and "values" in checks:
+        ppc = f'<img src="{_figure_uri(quality.plot_posterior_predictive(checks))}" alt="posterior predictive checks">'
+    return (f'<section id="diagnostics"><h2>Diagnostics</h2>'
+            f'<p class="note">From <code>pyro-vae evaluate RUN --diagnostics</code>. Bars: the KL of each latent '
+            f"dimension, largest first (near 0: a collapsed dimension). A large amortisation gap points at the "
+            f"encoder; a large approximation gap at the posterior family (try an IAF guide or IWAE).</p>"
+            f'<div class="row"><img src="{picture}" alt="KL per dimension and the gaps">{ppc}</div>'
+            f"<table>{table}</table></section>")
 
 
 def _write_text(text: str, path) -> Path:
@@ -268,7 +318,8 @@ def _write_text(text: str, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
+        # a name read from a file system may hold bytes that are not UTF-8 (lone surrogates): shown as U+FFFD
+        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as file:
             file.write(text)
         os.chmod(tmp, 0o644)   # mkstemp makes it private; the page is meant to be shared
         os.replace(tmp, path)
@@ -289,7 +340,8 @@ def _inputs(images, labels, dataset):
     return images, labels, dataset
 
 
-def explore(vae, images, out_dir, labels=None, html: bool = False, *, dataset: str | None = None) -> dict:
+def explore(vae, images, out_dir, labels=None, html: bool = False, *, dataset: str | None = None,
+            metrics: dict | None = None) -> dict:
     """Write the latent-space pictures of ``vae`` into ``out_dir``: ``interpolation.png`` (from the first image to
     the first of another class, or the second image without labels) and ``traversal.png`` (from the first
     image, dimensions ranked by activity over the first 1,000), and with ``html=True`` also ``explorer.html``
@@ -301,10 +353,12 @@ def explore(vae, images, out_dir, labels=None, html: bool = False, *, dataset: s
     :param labels: labels ``(N,)`` (-1 unknown), or ``None``.
     :param html: also write the explorer page.
     :param dataset: the data set's name, for the page's header.
+    :param metrics: a run's metrics.json, whose diagnostics the page shows (see :func:`write_html`).
     :return: ``{"interpolation": path, "traversal": path[, "explorer": path]}``.
     """
     images, labels, dataset = _inputs(images, labels, dataset)
     paths = plots._explorations(vae, images, labels, out_dir)
     if html:
-        paths["explorer"] = write_html(vae, images, Path(out_dir) / "explorer.html", labels=labels, dataset=dataset)
+        paths["explorer"] = write_html(vae, images, Path(out_dir) / "explorer.html", labels=labels, dataset=dataset,
+                                       metrics=metrics)
     return paths

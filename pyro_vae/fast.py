@@ -152,6 +152,22 @@ class _HiddenPyroStack:
         _PYRO_STACK[:] = self.saved
 
 
+class _BuffersKept:
+    """Put the module's buffers back as they were after a block that runs it only to look (a train-mode batch
+    norm updates its running statistics on every forward pass, which a trial run must not do)."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __enter__(self):
+        self.saved = [(b, b.detach().clone()) for b in self.module.buffers()]
+
+    def __exit__(self, *exc):
+        with torch.no_grad():
+            for buffer, value in self.saved:
+                buffer.copy_(value)
+
+
 class _NoParamStore(Messenger):
     """While tracing, ``pyro.param`` / ``pyro.module`` return the value they were given and leave Pyro's global
     param store alone: the module's parameters are fake tensors then, which must not end up in the store."""
@@ -240,8 +256,9 @@ class _Graph:
 class _Step:
     """The callable :func:`make_step` returns; see there."""
 
-    def __init__(self, elbo, vae, device, optimizer, mode):
+    def __init__(self, elbo, vae, device, optimizer, mode, on_trace_error=None):
         self.elbo = elbo
+        self.on_trace_error = on_trace_error
         self.vae = vae
         self.device = torch.device(device)
         self.optimizer = optimizer
@@ -266,6 +283,51 @@ class _Step:
             self._optimizer_step()
         return loss
 
+    def prepare(self, x, y=None, **kwargs):
+        """Trace the graph of this input signature now, so that its first call replays it instead of running
+        eagerly; nothing is computed or drawn (fake tensors). Raises :class:`ConfigError` as the first call
+        would; a signature already traced is left as it is."""
+        tensors, layout, signature = _split_inputs(x, y, kwargs)
+        key = (signature, getattr(self.vae, "training", None))
+        if self.mode != "eager" and key not in self.graphs and len(self.graphs) < MAX_GRAPHS:
+            self.graphs[key] = self._trace(tensors, layout)
+
+    def check(self, x, y=None, **kwargs):
+        """Whether the graph of this signature still computes what the model and guide compute now: ``None``, or
+        one line saying how they differ.
+
+        A graph keeps the Python of the model as it ran at the trace; a model changed since (an attribute set
+        by a callback, a site added, a branch taken another way) computes something else, which a replay
+        would not show. This runs the graph and the eager estimator once each, from the same random state,
+        outside the caller's random stream and without the handlers around the call, and compares their
+        sites and losses (to rounding): about two steps of this batch, so check on a few images. The
+        signature must have been traced (:meth:`prepare`).
+        """
+        tensors, layout, signature = _split_inputs(x, y, kwargs)
+        graph = self.graphs[(signature, getattr(self.vae, "training", None))]
+        args, kwargs = _rebuild(layout, tensors)
+        sites = []
+        with self._forked_rng(), _BuffersKept(self.vae):
+            cuda = self.device.type == "cuda"
+            state = torch.cuda.get_rng_state(self.device) if cuda else torch.get_rng_state()
+            replayed, *_ = graph(tensors, graph.inner)
+            replayed = replayed.clone()
+            if cuda:
+                torch.cuda.set_rng_state(state, self.device)
+            else:
+                torch.set_rng_state(state)
+            with torch.no_grad(), _HiddenPyroStack(), _NoParamStore(), pyro.validation_enabled(False):
+                eager = _loss(self.elbo, self.vae.model, self.vae.guide, args, kwargs, sites=sites)
+        now, then = [name for _, name, _ in sites], [name for _, name, *_ in graph.sites]
+        if now != then:
+            return (f"the model's sites changed since its graph was traced (now {', '.join(now)}; traced "
+                    f"{', '.join(then)})")
+        eager = torch.as_tensor(eager, dtype=replayed.dtype, device=replayed.device)
+        if not bool(torch.isclose(replayed, eager, rtol=1e-4, atol=1e-3, equal_nan=True)):
+            return (f"the model computes another loss than its graph traced ({float(eager):.6g} now, "
+                    f"{float(replayed):.6g} replayed, from the same draws): its Python changed since the trace")
+        return None
+
     def _loss_and_grads(self, x, y, kwargs):
         tensors, layout, signature = _split_inputs(x, y, kwargs)
         if self.mode == "eager":
@@ -276,7 +338,14 @@ class _Step:
             # the first call of a signature is an ordinary eager step (it counts), then the trace
             loss = self._eager(tensors, layout)
             if len(self.graphs) < MAX_GRAPHS:
-                self.graphs[key] = self._trace(tensors, layout)
+                try:
+                    self.graphs[key] = self._trace(tensors, layout)
+                except ConfigError as error:
+                    if self.on_trace_error is None:
+                        raise
+                    # this call's loss and gradients are the eager estimator's, complete: the caller takes
+                    # over from the next call on
+                    self.on_trace_error(error)
             elif not self._warned:
                 warnings.warn(f"the sync-free step has traced {MAX_GRAPHS} input signatures (shapes, dtypes, keyword "
                               f"values); further ones run eagerly, untraced", RuntimeWarning)
@@ -419,7 +488,7 @@ class _Step:
         args, kwargs = _rebuild(objective.layout, tensors)
         sites = []
         with torch.no_grad(), _HiddenPyroStack(), _NoParamStore(), pyro.validation_enabled(False), \
-                self._forked_rng():
+                self._forked_rng(), _BuffersKept(self.vae):
             _loss(self.elbo, self.vae.model, self.vae.guide, args, kwargs, sites=sites)
         return sites
 
@@ -439,7 +508,7 @@ class _Step:
         is a view of another's storage would be changed by an in-place update of the other (clip_grad_norm_)."""
         if self.copy_outputs:
             return True   # copied anyway
-        with self._forked_rng():
+        with self._forked_rng(), _BuffersKept(self.vae):
             _, *grads = graph(tensors, graph.inner)
         storages = [g.untyped_storage().data_ptr() for g in grads]
         return len(set(storages)) == len(storages)
@@ -457,7 +526,7 @@ def _to_device(values, device):
     return tensor.to(device)
 
 
-def make_step(elbo, vae, device, optimizer=None, mode="replay"):
+def make_step(elbo, vae, device, optimizer=None, mode="replay", on_trace_error=None):
     """A training step computing ``elbo``'s estimator for ``vae`` with no host synchronisation per step.
 
     ``step(x, y=None, **kwargs)`` returns the loss (minus the ELBO estimate, summed over the batch) as a
@@ -493,10 +562,84 @@ def make_step(elbo, vae, device, optimizer=None, mode="replay"):
     as graph inputs; other handlers make that call eager (see the module's docstring). Like an optimizer,
     the step holds the parameter and buffer tensors of ``vae`` it first saw (``load_state_dict`` and
     ``.to()`` update them in place); make a new step for a module whose tensors were replaced.
+    ``step.prepare(x, y=None, **kwargs)`` traces a signature ahead of its first call (which then replays).
+
+    :param on_trace_error: called as ``on_trace_error(error)`` (a :class:`ConfigError`) instead of raising
+        when the trace after a signature's first, eager call fails; that call still returns its loss and
+        leaves its gradients, so a caller can carry on with another estimator from the next call.
     """
     check_elbo(elbo)
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r} for the sync-free step; use one of {', '.join(MODES)}")
     if not (callable(getattr(vae, "model", None)) and callable(getattr(vae, "guide", None))):
         raise ConfigError(f"make_step needs a module with model and guide methods, got {type(vae).__name__}")
-    return _Step(elbo, vae, device, optimizer, mode)
+    return _Step(elbo, vae, device, optimizer, mode, on_trace_error)
+
+
+# --- whether the replay is exact for a model --------------------------------------------------------------
+
+
+def _site_pattern(sites, exact):
+    """What a trace freezes of each site, in order: ``exact`` keeps the shapes too (batches of one signature
+    share one graph, so their sites must agree in everything); otherwise what every batch size must share."""
+    pattern = []
+    for role, name, site in sites:
+        fn = site["fn"]
+        entry = (role, name, type(fn).__name__, bool(site["is_observed"]), tuple(getattr(fn, "event_shape", ())))
+        if exact:
+            scale = site["scale"]
+            entry += (tuple(site["value"].shape), tuple(getattr(fn, "batch_shape", ())),
+                      float(scale) if isinstance(scale, numbers.Number) else ("tensor", tuple(scale.shape)),
+                      site["mask"] is None or ("mask", tuple(torch.as_tensor(site["mask"]).shape)))
+        pattern.append(entry)
+    return pattern
+
+
+def _describe(pattern):
+    return ", ".join(f"{role} {name!r} {kind}" for role, name, kind, *_ in pattern) or "no sites"
+
+
+def replay_problem(elbo, vae, batches):
+    """Why the replayed graph would not compute ``elbo``'s estimator for ``vae`` on every batch, or ``None``.
+
+    Runs the estimator once per batch (no gradients, outside the caller's random stream, Pyro's param store
+    untouched) and compares what a trace would freeze: the same sites, in the same order, with the same
+    distributions, shapes, scales and masks for batches of one signature, and the same sites for batches of
+    different sizes. A model whose sites depend on the data's values (labels present in some batches only,
+    a branch on a pixel) shows it on batches chosen to differ, e.g. in their labels. Also refused: sites
+    marked for enumeration, guide sites without ``rsample``, parameters read from Pyro's param store.
+
+    :param elbo: a ``Trace_ELBO``.
+    :param vae: module with ``model`` and ``guide``.
+    :param batches: iterable of ``(x, y, inputs)``, ``inputs`` the keyword arguments of model and guide.
+    :returns: ``None`` or one line saying what the replay would get wrong.
+    """
+    check_elbo(elbo)
+    first, by_signature = None, {}
+    for x, y, inputs in batches:
+        tensors, layout, signature = _split_inputs(x, y, inputs)
+        args, kwargs = _rebuild(layout, tensors)
+        sites = []
+        try:
+            with torch.no_grad(), _NoParamStore(), pyro.validation_enabled(False), _BuffersKept(vae), \
+                    torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+                _loss(elbo, vae.model, vae.guide, args, kwargs, sites=sites)
+        except ConfigError as error:
+            return str(error)
+        except Exception as error:   # left for Pyro's own ELBO to report, where it fails the same way
+            return f"the model or guide failed in a trial run ({type(error).__name__}: {' '.join(str(error).split())[:120]})"
+        for _, name, site in sites:
+            if site["infer"].get("enumerate") is not None:
+                return f"site {name!r} is marked for enumeration, which the replay step does not sum out"
+        exact, coarse = _site_pattern(sites, True), _site_pattern(sites, False)
+        seen = by_signature.setdefault(signature, exact)
+        if seen != exact:
+            diff = next((a, b) for a, b in zip(seen + [None] * len(exact), exact + [None] * len(seen)) if a != b)
+            return (f"the model's sites change between batches of the same shape ({diff[0]} in one, {diff[1]} in "
+                    f"another): a replayed graph would keep the first batch's sites for every batch")
+        if first is None:
+            first = coarse
+        elif coarse != first:
+            return (f"the model's sites change between batches ({_describe(first)} in one; {_describe(coarse)} "
+                    f"in another): a replayed graph would keep the first batch's sites")
+    return None

@@ -453,6 +453,23 @@ class Callback(Hook):
             trainer.stop = True
 
 
+#: a final evaluation estimated to take longer than this shows its cost and a progress bar even without progress
+QUIET_EVALUATION_SECONDS = 30
+
+
+def evaluation_seconds(vae, test, num_samples):
+    """About how long ``evaluate.report`` takes on ``test`` with K = ``num_samples``: its log p(x), the slow
+    part, timed on the first 2% of the images (at least 10) and scaled up; drawn outside the run's random
+    stream, so the scores do not change."""
+    count = min(len(test), max(10, len(test) // 50))
+    part = test.subset(range(count)) if hasattr(test, "subset") else test[:count]
+    device = next(iter(vae.parameters()), torch.empty(0)).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        started = time.perf_counter()
+        evaluate.log_likelihood(vae, part, num_samples=num_samples)
+        return (time.perf_counter() - started) * len(test) / count
+
+
 class RunFiles(Hook):
     """The run folder's other files, as ``pyro-vae train`` writes them: ``metrics.json`` after every epoch
     (history, best epoch) and, when training ends, the test scores (``evaluate.report`` with ``eval_samples``
@@ -481,7 +498,13 @@ class RunFiles(Hook):
             return
         vae, test = trainer.vae, trainer.test
         if test is not None and self.eval_samples:
-            result = evaluate.report(vae, test, num_samples=self.eval_samples, progress=self.progress)
+            seconds = evaluation_seconds(vae, test, self.eval_samples)
+            # without progress bars (tests, scripts) only an evaluation long enough to wonder about says so
+            shown = self.progress or seconds > QUIET_EVALUATION_SECONDS
+            if shown:
+                tqdm.write(f"final evaluation: log p(x) with K={self.eval_samples} importance samples on {len(test)} "
+                           f"images, about {seconds:.0f} s")
+            result = evaluate.report(vae, test, num_samples=self.eval_samples, progress=shown)
             # the epoch whose weights were scored: a resumed run keeps the evaluations made before it
             result["epoch"] = trainer.best_epoch or trainer.epochs_trained
             trainer.run.update_metrics(lambda metrics: metrics.update(test=result))

@@ -17,6 +17,7 @@ import contextlib
 import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -29,7 +30,6 @@ from torchvision.utils import make_grid
 
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.model import VAE, uses_labels
-from pyro_vae.priors import StandardNormal
 from pyro_vae.util import MAX_IMAGES, forked_rng, positive_int
 
 __all__ = [
@@ -60,6 +60,8 @@ _ACTIVITY_IMAGES = 1000
 # each runs the whole model, decoder included, so the chunk bounds the memory of a convolutional decoder.
 _PRIOR_DRAWS = 5000
 _PRIOR_CHUNK = 1000
+# The 2-D manifold's grid is made of quantiles, which need more draws than a standard deviation does.
+_MANIFOLD_DRAWS = 20000
 
 
 def _save(fig: Figure, path) -> None:
@@ -169,9 +171,10 @@ def latent_manifold(vae, n: int = 20, path=None) -> Figure:
     """Plot decoded images over a grid of a 2-D latent space (Kingma & Welling, 2014, fig. 4).
 
     Grid points are the 5% to 95% quantiles of each coordinate of the codes the model generates from,
-    so they cover its mass evenly rather than its range: exact standard Normal quantiles for the N(0, I)
-    prior, otherwise quantiles of 20,000 codes from ``vae.sample_codes`` (a mixture or flow prior; the
-    hierarchical VAE's z1, drawn through z2), with a fixed seed and the caller's random state untouched.
+    so they cover its mass evenly rather than its range: quantiles of 20,000 ancestral draws of the model at
+    its ``code_site`` (:meth:`~pyro_vae.VAE.trace_prior`: a mixture or flow prior, a subclass's own prior, the
+    hierarchical VAE's z1 drawn through z2; under uniform labels for a conditional VAE), with a fixed seed and
+    the caller's random state untouched; exact standard Normal quantiles for a site drawn from N(0, 1) itself.
     ``z1`` grows left to right and ``z2`` bottom to top, like an ordinary plot.
 
     :param vae: the VAE; ``vae.latent_dim`` must be 2.
@@ -207,14 +210,18 @@ def _forked_rng(vae):
 
 def _prior_quantiles(vae, probs) -> torch.Tensor:
     """Quantiles ``(len(probs), 2)`` of each coordinate of the model's codes (see :func:`latent_manifold`)."""
-    # exact for N(0, I) codes; also the grid of a model of one's own that cannot draw its codes
-    if not hasattr(vae, "sample_codes") or (isinstance(getattr(vae, "prior", None), StandardNormal)
-                                            and type(vae).sample_codes is VAE.sample_codes):
-        return torch.distributions.Normal(0.0, 1.0).icdf(probs)[:, None].expand(-1, 2)
-    with torch.no_grad(), _forked_rng(vae):
-        torch.manual_seed(0)
-        draws = vae.sample_codes(20000).cpu()
-    return torch.quantile(draws, probs, dim=0)
+    if getattr(type(vae), "sample_codes", VAE.sample_codes) is not VAE.sample_codes:   # codes drawn its own way
+        with torch.no_grad(), _forked_rng(vae):
+            torch.manual_seed(0)
+            draws = vae.sample_codes(_MANIFOLD_DRAWS).cpu()
+        return torch.quantile(draws, probs, dim=0)
+    labels = None
+    if getattr(vae, "label_role", "ignored") == "conditioned":
+        # generate() without a label averages over uniform labels, so the codes are drawn under those
+        classes = getattr(vae, "num_classes", 1)
+        labels = lambda n: torch.randint(classes, (n,), device=vae.device)   # noqa: E731
+    code_site = getattr(vae, "code_site", "z")
+    return _prior_draws(vae, (code_site,), vae.latent_dim, "code_site", labels, _MANIFOLD_DRAWS).quantiles(probs)
 
 
 def _encode_means(vae, images, labels=None) -> torch.Tensor:
@@ -580,8 +587,14 @@ def interpolation(vae, x_a, x_b, steps: int = 10, spherical: bool = False, y=Non
     return _finish(fig, path)
 
 
+class _SitesError(ConfigError):
+    """The sites a model declares for its codes (``top_sites``, ``code_site``) are not latent sites of the sizes
+    its codes have: the pictures that move codes cannot say how far to move them."""
+
+
 class _TopPrior(NamedTuple):
-    """The top code under the model's own prior: its layout, and draws of it."""
+    """A code (the top code, or the codes generate() decodes) under the model's own prior: its layout by site,
+    and draws of it."""
 
     groups: tuple           # ((site, size), ...): the top code is these sites' values concatenated, in order
     draws: torch.Tensor     # (n, top_dim) ancestral draws (CPU); n = 0 when every coordinate is exact
@@ -618,56 +631,64 @@ def _standard_coordinates(fn, value) -> torch.Tensor:
     return torch.broadcast_to(standard, value.shape).reshape(-1, value.shape[-1]).all(dim=0).cpu()
 
 
-def _top_prior(vae, label=None) -> _TopPrior:
-    """The top code's layout and ``_PRIOR_DRAWS`` draws of it from the model's own prior: :meth:`VAE.trace_prior`
-    (ancestral sampling through ``model``, so a model whose latents have priors of their own is drawn from
-    those, not from ``vae.prior``), the values at :func:`_top_sites` concatenated. A seeded, forked stream makes
-    the draws the same every time and leaves the caller's random state alone.
+def _prior_draws(vae, sites, size, declared, labels=None, draws=_PRIOR_DRAWS) -> _TopPrior:
+    """The layout of a code made of the latent ``sites`` (its values there joined in order, ``size`` in all) and
+    ``draws`` draws of it from the model's own prior: :meth:`VAE.trace_prior` (ancestral sampling through
+    ``model``, so a model whose latents have priors of their own is drawn from those, not from ``vae.prior``). A
+    seeded, forked stream makes the draws the same every time and leaves the caller's random state alone.
 
     Coordinates whose distribution is N(0, 1) at each of the first ``_PRIOR_CHUNK`` draws are taken as exactly
     N(0, 1) (a prior's marginal is then N(0, 1) whatever the parents drawn); when every coordinate is, no more
-    draws are made. A model without ``trace_prior`` (duck-typed) is taken to have N(0, I) codes at z.
+    draws are made. A model without ``trace_prior`` (duck-typed) is taken to have N(0, I) codes.
 
-    :param label: the label (int) models that use labels are drawn under, else ``None``.
-    :raises ConfigError: a top site the model does not sample as a latent of shape ``(batch, size)``, or sizes
-        that do not add up to ``top_dim``.
+    :param str declared: the model's attribute that names the sites (``"top_sites"``, ``"code_site"``), for errors.
+    :param labels: ``n -> y`` (labels ``(n,)``) for models that use them, else ``None``.
+    :raises ConfigError: (:class:`_SitesError`) a site the model does not sample as a latent of shape
+        ``(batch, size)``, or sizes that do not add up to ``size``.
     """
-    sites, top, name = _top_sites(vae), _top_dim(vae), type(vae).__name__
+    name = type(vae).__name__
     if getattr(vae, "trace_prior", None) is None:
-        return _TopPrior(((sites[0], top),), torch.zeros(0, top), torch.ones(top, dtype=torch.bool))
+        return _TopPrior(((sites[0], size),), torch.zeros(0, size), torch.ones(size, dtype=torch.bool))
+    fix = f"set {name}.{declared} to the latent site{'s' if declared == 'top_sites' else ''} that " + (
+        "top_codes returns, in order" if declared == "top_sites" else "generate() decodes")
     groups, exact, chunks = None, None, []
     with _seeded(vae):
-        for _ in range(_PRIOR_DRAWS // _PRIOR_CHUNK):
-            y = None if label is None else torch.full((_PRIOR_CHUNK,), int(label), dtype=torch.int64,
-                                                      device=vae.device)
-            trace = vae.trace_prior(_PRIOR_CHUNK, y)
+        for _ in range(max(1, draws // _PRIOR_CHUNK)):
+            trace = vae.trace_prior(_PRIOR_CHUNK, None if labels is None else labels(_PRIOR_CHUNK))
             values, standard = [], []
             for site in sites:
                 node = trace.nodes.get(site)
                 if node is None or node["type"] != "sample" or node["is_observed"]:
-                    raise ConfigError(f"{name}'s model has no latent site {site!r} to move in interpolations and "
-                                      f"traversals; set {name}.top_sites to the latent sites whose values top_codes "
-                                      f"returns, in order (default: code_site)")
+                    raise _SitesError(f"{name}'s model has no latent site {site!r} to draw codes from; {fix}")
                 value = node["value"]
                 if value.dim() != 2 or value.shape[0] != _PRIOR_CHUNK:
-                    raise ConfigError(f"{name}'s site {site!r} draws values of shape {tuple(value.shape)} for "
-                                      f"{_PRIOR_CHUNK} images; a site of the top code must be (batch, size): inside "
-                                      f"pyro.plate('data') with .to_event(1)")
+                    raise _SitesError(f"{name}'s site {site!r} draws values of shape {tuple(value.shape)} for "
+                                      f"{_PRIOR_CHUNK} images; a site of the codes pictures move must be (batch, "
+                                      f"size): inside pyro.plate('data') with .to_event(1)")
                 values.append(value)
                 standard.append(_standard_coordinates(node["fn"], value))
             if groups is None:
                 groups = tuple((site, value.shape[-1]) for site, value in zip(sites, values))
-                if sum(size for _, size in groups) != top:
-                    raise ConfigError(f"{name}'s top code has {top} coordinates (top_dim) but its top sites draw "
-                                      f"{' + '.join(f'{s} {n}' for s, n in groups)}; set {name}.top_sites to the "
-                                      f"latent sites whose values top_codes returns, in order")
+                if sum(n for _, n in groups) != size:
+                    counted = "top_dim" if declared == "top_sites" else "latent_dim"
+                    raise _SitesError(f"{name}'s codes have {size} coordinates ({counted}) but its {declared} "
+                                      f"draw{'' if declared == 'top_sites' else 's'} "
+                                      f"{' + '.join(f'{s} {n}' for s, n in groups)}; {fix}")
                 exact = torch.cat(standard)
                 if exact.all():
-                    return _TopPrior(groups, torch.zeros(0, top), exact)
+                    return _TopPrior(groups, torch.zeros(0, size), exact)
             else:
                 exact = exact & torch.cat(standard)
             chunks.append(torch.cat(values, dim=-1).cpu())
     return _TopPrior(groups, torch.cat(chunks), exact)
+
+
+def _top_prior(vae, label=None) -> _TopPrior:
+    """The top code (:func:`_top_sites`, ``top_dim`` in all) under the model's own prior (:func:`_prior_draws`),
+    drawn under ``label`` (an int) for models that use labels, else ``None``."""
+    labels = None if label is None else (
+        lambda n: torch.full((n,), int(label), dtype=torch.int64, device=vae.device))
+    return _prior_draws(vae, _top_sites(vae), _top_dim(vae), "top_sites", labels)
 
 
 def _activity(vae, images, labels) -> torch.Tensor | None:
@@ -854,7 +875,9 @@ def save_all(vae, train_images, train_labels, test_images, history, out_dir, *, 
     whichever images have labels, preferring the test set; unlabelled test images otherwise. The
     interpolation runs between the first of those reconstructed images and the first of another class
     (the second image when labels are unknown), the traversal starts from that first image and ranks
-    dimensions by their activity over the first 1,000.
+    dimensions by their activity over the first 1,000. For a model whose declared code sites
+    (:attr:`~pyro_vae.VAE.top_sites`, ``code_site``) are not latent sites of its model, the traversal and the
+    latent manifold are left out with a warning that names the attribute to set (the other pictures stand).
 
     :param vae: the VAE.
     :param train_images: training images ``(N, C, H, W)``.
@@ -881,8 +904,15 @@ def save_all(vae, train_images, train_labels, test_images, history, out_dir, *, 
     samples(vae, path=paths["samples"], seed=0)
     latent_scatter(vae, scatter_images, scatter_labels, path=paths["latent_scatter"])
     curves(history, path=paths["curves"])
+    # after training, a model whose code sites are not declared loses only the pictures that need them
     if vae.latent_dim == 2:
-        paths["latent_manifold"] = out_dir / "latent_manifold.png"
-        latent_manifold(vae, path=paths["latent_manifold"])
-    paths.update(_explorations(vae, eval_images, eval_labels, out_dir))
+        try:
+            latent_manifold(vae, path=out_dir / "latent_manifold.png")
+            paths["latent_manifold"] = out_dir / "latent_manifold.png"
+        except _SitesError as e:
+            warnings.warn(f"latent_manifold.png is not drawn: {e}", UserWarning, stacklevel=2)
+    try:
+        paths.update(_explorations(vae, eval_images, eval_labels, out_dir))
+    except _SitesError as e:
+        warnings.warn(f"traversal.png is not drawn: {e}", UserWarning, stacklevel=2)
     return paths

@@ -31,8 +31,8 @@ from pyro.ops.jit import CompiledFunction
 from . import distributed as parallel
 from . import evaluate, fast
 from . import hooks as hooks_module
-from .checkpoint import RunFolder, load_state
-from .contract import check_model, default_loss
+from .checkpoint import CONFIG, RunFolder, load_state, save_json
+from .contract import check_model, default_loss, enumerates
 from .distributed import resolve_device  # noqa: F401 (part of this module's interface since the start)
 from .errors import CheckpointError, ConfigError
 from .model import build_vae
@@ -40,6 +40,10 @@ from .util import forked_rng, positive_int, positive_number
 
 #: Pyro's ELBOs that trace the model and guide once with ``torch.jit`` and replay the compiled graph
 JIT_ELBOS = (JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO, JitTraceMeanField_ELBO)
+
+#: images of the batch on which an automatically chosen replay step is checked against the model before every
+#: epoch after the first (a graph and an eager run of them: milliseconds)
+REPLAY_CHECK_IMAGES = 8
 
 
 class RebuildWarning(UserWarning):
@@ -49,7 +53,7 @@ class RebuildWarning(UserWarning):
 def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, optimizer=None, seed=0,
         device="auto", checkpoint_dir=None, resume=False, overwrite=False, callback=None, progress=True,
         clip_norm=None, beta=1.0, warmup=0, distributed=False, run_info=None, hooks=(), scheduler=None,
-        early_stopping=None, compile=False, eval_samples=1000, pictures=True):
+        early_stopping=None, compile=None, eval_samples=1000, pictures=True):
     """Train ``vae`` by stochastic variational inference and return its per-epoch history.
 
     :param vae: a :class:`~pyro_vae.VAE`, a subclass, or a Pyro pair wrapped by :func:`~pyro_vae.wrap`:
@@ -100,12 +104,19 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
         (``ReduceLROnPlateau`` is fed the negative test ELBO); its state is in the checkpoint.
     :param int early_stopping: stop when the test ELBO has not improved for this many epochs, and end with
         the best epoch's weights (also saved as ``best.pt``); needs ``test``.
-    :param compile: the fast path for launch-bound steps (small networks, GPUs): ``True`` or ``"replay"``
-        traces ``Trace_ELBO``'s estimator, forward and backward, into one graph per batch shape and replays it
-        without Python from Pyro and without a single host-device synchronisation per step;
-        ``"compile"`` also compiles that graph with ``torch.compile`` (CUDA graphs on a GPU; a long
-        compilation first). The same estimator and the same random draws as ``Trace_ELBO``
-        (:func:`pyro_vae.fast.make_step`; measured in benchmarks/README.md). ``loss`` must be ``Trace_ELBO``.
+    :param compile: how each step computes the ELBO. ``None`` (default, also ``"auto"``): the fastest exact
+        way, chosen once, before the first step (:func:`choose_step`): the sync-free replay step where it
+        computes the same estimator (``Trace_ELBO`` itself, any number of particles, beta and warm-up
+        included; reparameterised guide sites; no enumerated sites; sites that do not change from batch to
+        batch, probed on batches that differ), otherwise Pyro's own ELBO; the choice and its reason are in
+        config.json (``fit.step``, ``fit.step_reason``) and in :attr:`Trainer.settings`. ``False`` (or
+        ``"pyro"``): always Pyro's own ELBO. ``True`` or ``"replay"``: always the replay step, which traces
+        ``Trace_ELBO``'s estimator, forward and backward, into one graph per batch shape and replays it
+        without Python from Pyro and without a single host-device synchronisation per step (``loss`` must
+        be ``Trace_ELBO``; a model it cannot trace raises); ``"compile"`` also compiles that graph with
+        ``torch.compile`` (CUDA graphs on a GPU; a long compilation first). The replay step has the same
+        estimator and the same random draws as ``Trace_ELBO`` (:func:`pyro_vae.fast.make_step`; measured
+        in benchmarks/README.md). A resumed run makes the same choice again and must use the same step.
     :param int eval_samples: with ``checkpoint_dir`` and ``test``: importance samples K of the final log p(x)
         written to metrics.json (0 skips it).
     :param bool pictures: with ``checkpoint_dir``: write the standard pictures at the end.
@@ -130,7 +141,7 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
                                  beta=beta, warmup=warmup, loss=loss, scheduler=scheduler, test=test,
                                  early_stopping=early_stopping, eval_samples=eval_samples, resume=resume,
                                  overwrite=overwrite, checkpoint_dir=checkpoint_dir, compile=compile)
-    trainer = Trainer(vae, train, test, settings, parallel.processes(distributed, device), loss, optimizer)
+    trainer = Trainer(vae, train, test, settings, parallel.processes(distributed, device), loss, optimizer, contract)
     trainer.hooks = hooks_module.Hooks(standard_hooks(settings, checkpoint_dir, progress, callback, eval_samples,
                                                       pictures) + list(hooks))
     try:
@@ -200,6 +211,9 @@ class FitSettings:
     scheduler: str = None
     early_stopping: int = None
     compile: str = None
+    step: str = None
+    step_reason: str = None
+    requested: str = "auto"
     scheduler_factory: object = None
     world_size: int = 1
 
@@ -210,7 +224,7 @@ class FitSettings:
 
     @classmethod
     def check(cls, epochs, batch_size, lr, seed, clip_norm, beta, warmup, loss, scheduler, test, early_stopping,
-              eval_samples, resume, overwrite, checkpoint_dir, compile=False):
+              eval_samples, resume, overwrite, checkpoint_dir, compile=None):
         """Every argument checked here, each with a one-line :class:`ConfigError` naming it."""
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 32:
             # numpy, which pyro.set_rng_seed seeds too, takes these only
@@ -249,10 +263,13 @@ class FitSettings:
                                   "set; pass test=... or drop early_stopping")
         if isinstance(eval_samples, bool) or not isinstance(eval_samples, numbers.Integral) or eval_samples < 0:
             raise ConfigError(f"eval_samples must be a non-negative whole number, got {eval_samples!r}")
-        if compile not in (False, None, True) + fast.MODES:
-            raise ConfigError(f"compile must be True, False or one of {', '.join(fast.MODES)}, got {compile!r}")
-        if compile:
-            settings.compile = "replay" if compile is True else compile
+        if compile not in (False, None, True, "auto", "pyro") + fast.MODES:
+            raise ConfigError(f"compile must be None (auto), True, False or one of auto, pyro, "
+                              f"{', '.join(fast.MODES)}, got {compile!r}")
+        if compile in (False, "pyro"):
+            settings.requested = "pyro"
+        elif compile not in (None, "auto"):
+            settings.compile = settings.requested = "replay" if compile is True else compile
             fast.check_elbo(loss)
         return settings
 
@@ -262,7 +279,7 @@ class FitSettings:
         out = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
                "world_size": self.world_size, "loss": self.loss, "clip_norm": self.clip_norm, "beta": self.beta,
                "warmup": self.warmup}
-        for key in ("scheduler", "early_stopping", "compile"):
+        for key in ("scheduler", "early_stopping", "compile", "step", "step_reason"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
@@ -278,7 +295,7 @@ class Trainer:
     ``best_epoch``, ``hooks``.
     """
 
-    def __init__(self, vae, train, test, settings, processes, loss, optimizer):
+    def __init__(self, vae, train, test, settings, processes, loss, optimizer, contract=None):
         self.vae, self.settings, self.processes = vae, settings, processes
         self.device = processes.device
         settings.world_size = processes.world_size
@@ -297,24 +314,111 @@ class Trainer:
         loss = loss if loss is not None else Trace_ELBO()
         self.elbo = _without_compiled_graphs(loss) if isinstance(loss, JIT_ELBOS) else loss
         self.kl_weight = hooks_module.LatentWeight(1.0)
-        if settings.compile:
-            self.step = _fast_step(self.elbo, vae, self.device, settings.compile,
-                                   self.kl_weight if settings.weighted else None)
-        else:
-            model, guide = vae.model, vae.guide
-            if settings.weighted:
-                model, guide = self.kl_weight(model), self.kl_weight(guide)
-            self.step = _loss_step(self.elbo, model, guide)
+        self.batch_size = settings.batch_size
+        self._replay_check = None
+        self.step = self._choose_step(contract)
         self.registers = getattr(vae, "register_params", None)
         if self.registers is not None and not _needs_param_sites(self.elbo):
             vae.register_params = False
-        self.batch_size = settings.batch_size
         self.steps_per_epoch = self.train.num_batches(settings.batch_size, shard=processes.shard)
         self.images_per_epoch = math.ceil(len(train) / processes.world_size) * processes.world_size
         self.run, self.hooks, self._saved = None, None, {}
         self.history, self.epochs_done, self.epoch = [], 0, 0
         self.losses, self.epoch_losses, self.epoch_started = [], None, None
         self.stop, self.error, self.best_epoch, self.test_scores = False, None, None, None
+
+    # --- the step -----------------------------------------------------------------------------------
+
+    def _choose_step(self, contract):
+        """The step function of this run; sets ``settings.step`` (``"replay"`` or ``"pyro"``) and ``step_reason``.
+
+        Automatically (``compile=None``): the replay step wherever it computes this ELBO's estimator exactly,
+        which :func:`choose_step` decides on :meth:`probe_batches`; their signatures are traced here, before
+        anything is written, so that a model the tracer cannot follow falls back now, and the same way on
+        resume. A trace that fails later, on a batch shape no probe had, falls back in place
+        (:meth:`_trace_failed`).
+        """
+        settings = self.settings
+        if settings.requested == "pyro":
+            settings.step, settings.step_reason = "pyro", "compile=False asks for Pyro's own ELBO"
+            return self._pyro_step()
+        auto = settings.requested == "auto"
+        probe = self.probe_batches()
+        # a few images of the first batch, to check at every later epoch that the graph is still the model's
+        x, y, inputs = probe[0]
+        count = min(REPLAY_CHECK_IMAGES, x.shape[0])
+        check = (x[:count], None if y is None else y[:count], {k: v[:count] for k, v in inputs.items()})
+        if auto:
+            probe = probe + [check]
+        if auto:
+            settings.step, settings.step_reason = choose_step(self.elbo, self.vae, probe, contract)
+            if settings.step == "pyro":
+                return self._pyro_step()
+        else:
+            settings.step = "replay"
+            settings.step_reason = f"compile={settings.requested!r} asks for the sync-free step"
+        step = fast.make_step(self.elbo, self.vae, self.device, mode=settings.compile or "replay",
+                              on_trace_error=self._trace_failed if auto else None)
+        training = self.vae.training
+        self.vae.train()   # the mode the loop trains in, part of a graph's signature
+        try:
+            for x, y, inputs in probe:
+                step.prepare(x, y, **inputs)
+        except ConfigError as error:
+            if not auto:
+                raise
+            settings.step, settings.step_reason = "pyro", f"the sync-free step cannot trace this model: {error}"
+            return self._pyro_step()
+        finally:
+            self.vae.train(training)
+        if auto:
+            self._replay_check = (step, check)
+        return _fast_step(step, self.kl_weight if settings.weighted else None)
+
+    def _pyro_step(self):
+        model, guide = self.vae.model, self.vae.guide
+        if self.settings.weighted:
+            model, guide = self.kl_weight(model), self.kl_weight(guide)
+        return _loss_step(self.elbo, model, guide)
+
+    def probe_batches(self):
+        """Training batches chosen to differ, made outside the run's random stream: the loop's first two and its
+        last (so every batch shape the loop will see), and with labels, the batches of the lowest and of the
+        highest labels (unlabelled images, -1, come first: e.g. none and all labelled)."""
+        with forked_rng(self.device):
+            loop = list(self.batches(torch.Generator().manual_seed(0)))
+            chosen = loop[:2] + loop[-1:] if len(loop) > 2 else loop
+            labels = self.train.labels
+            if labels is not None:
+                order = torch.argsort(labels.cpu(), stable=True)
+                for index in (order[:self.batch_size], order.flip(0)[:self.batch_size]):
+                    part = self.train.subset(index)
+                    chosen.append(next(self._batches_of(part, len(part), shuffle=False)))
+        return chosen
+
+    def _trace_failed(self, error):
+        """Go on with Pyro's own ELBO from the next step on (this one's loss and gradients are complete)."""
+        self._fall_back(f"the sync-free step could not trace a batch: {error}")
+
+    def _check_replay(self):
+        """Fall back to Pyro's own ELBO if the model no longer computes what its graph does (see
+        :meth:`pyro_vae.fast.make_step`'s ``check``): a callback or hook changed it since the trace."""
+        step, (x, y, inputs) = self._replay_check
+        problem = step.check(x, y, **inputs)
+        if problem is not None:
+            self._fall_back(f"{problem}, before epoch {self.epoch}")
+
+    def _fall_back(self, reason):
+        settings = self.settings
+        settings.step, settings.step_reason = "pyro", reason
+        self.step = self._pyro_step()
+        self._replay_check = None
+        warnings.warn(f"{settings.step_reason}; training goes on with Pyro's own {type(self.elbo).__name__} "
+                      f"(recorded in config.json; resume with compile=False, --step pyro)", RuntimeWarning)
+        if self.run is not None and self.processes.is_main:
+            config = self.run.config()
+            config["fit"].update(step=settings.step, step_reason=settings.step_reason)
+            save_json(config, self.run.file(CONFIG))
 
     # --- the run folder ---------------------------------------------------------------------------
 
@@ -324,6 +428,8 @@ class Trainer:
             return
         self.run = RunFolder(folder, main=self.processes.is_main)
         config = {"vae": self.vae.config, "fit": self.settings.recorded(), **(run_info or {})}
+        if resume:
+            self._match_recorded_step(config["fit"])
         problem = None
         if self.processes.is_main:
             try:
@@ -338,6 +444,31 @@ class Trainer:
         if resume:
             state = self.run.resumed_state if self.processes.is_main else self.run.load_checkpoint()
             self._restore(state)
+
+    def _match_recorded_step(self, fit):
+        """Make ``fit`` (the settings to resume with) state the step as the run being resumed records it.
+
+        A run recorded before ``fit`` chose its step has no ``step`` entry: it trained on Pyro's own ELBO
+        unless its ``compile`` entry (compared as before) says otherwise, and goes on that way, with its
+        config.json as it was. Otherwise the step must be the recorded one (compared as any setting); its
+        reason is kept as recorded, as the same choice may be worded differently (``compile=False`` or an
+        ELBO the replay does not compute).
+        """
+        try:
+            saved = self.run.config().get("fit")
+        except CheckpointError:
+            return   # RunFolder.open says what is wrong with the folder
+        if not isinstance(saved, dict):
+            return
+        if "step" not in saved:
+            fit.pop("step", None)
+            fit.pop("step_reason", None)
+            if self.settings.requested == "auto" and self.settings.step != "pyro":
+                self.settings.step = "pyro"
+                self.settings.step_reason = "the run resumed was recorded before fit chose its step: Pyro's own ELBO"
+                self.step, self._replay_check = self._pyro_step(), None
+        elif saved.get("step") == fit.get("step") and "step_reason" in saved:
+            fit["step_reason"] = self.settings.step_reason = saved["step_reason"]
 
     def _restore(self, state):
         # on the CPU: the RNG states must stay there; load_state_dict puts weights and optimizer state on the
@@ -398,16 +529,21 @@ class Trainer:
 
     def batches(self, generator=None):
         """This process's batches of the epoch: ``(x, y, inputs)``, inputs the covariates keyword if any."""
-        data, shard = self.train, self.processes.shard
         generator = generator if generator is not None else self.shuffle
+        return self._batches_of(self.train, self.batch_size, generator=generator, shard=self.processes.shard)
+
+    @staticmethod
+    def _batches_of(data, batch_size, **options):
         if getattr(data, "covariates", None) is None:
-            for x, y in data.batches(self.batch_size, generator=generator, shard=shard):
+            for x, y in data.batches(batch_size, **options):
                 yield x, y, {}
         else:
-            for x, y, c in data.batches(self.batch_size, generator=generator, shard=shard, with_covariates=True):
+            for x, y, c in data.batches(batch_size, with_covariates=True, **options):
                 yield x, y, {"covariates": c}
 
     def begin_epoch(self):
+        if self._replay_check is not None and self.epoch > self.epochs_done + 1:
+            self._check_replay()
         self.epoch_started = time.perf_counter()
         self.losses = []
 
@@ -455,7 +591,7 @@ def _warn_unless_rebuildable(vae):
     except Exception as e:   # a user's class may fail in any way: this is advice, not a check
         reason = f"{type(e).__name__}: {e}"
     if reason:
-        name = type(vae).__name__
+        name = vae.config.get("model", type(vae).__name__)   # a wrapped pair is named by its own class
         warnings.warn(f"config.json alone cannot rebuild this {name} ({reason}); load the run with "
                       f"pv.load_run(folder, model_class={name}, ...) passing the class and any parts of your own",
                       RebuildWarning, stacklevel=3)
@@ -502,10 +638,41 @@ def _loss_step(elbo, model, guide):
     return step
 
 
-def _fast_step(elbo, vae, device, mode, weight):
-    """:func:`~pyro_vae.fast.make_step` as a step of this loop; the KL weight is applied around each call, where
-    the traced graph reads it as an input (wrapping the model instead would freeze it into the graph)."""
-    step = fast.make_step(elbo, vae, device, mode=mode)
+def choose_step(elbo, vae, batches, contract=None):
+    """``("replay" | "pyro", reason)``: whether the sync-free replay step computes ``elbo``'s estimator for
+    ``vae`` exactly, decided before training.
+
+    The replay is ``Trace_ELBO``'s estimator (:mod:`pyro_vae.fast`): it needs that exact class (not a
+    subclass such as ``TraceMeanField_ELBO``, whose analytic KL is another estimator, nor a JIT ELBO, which
+    asks for torch.jit's own compilation), no enumerated sites, reparameterised guide sites, and sites that do
+    not change from batch to batch (:func:`pyro_vae.fast.replay_problem`, run on ``batches``). Whether the
+    tracer can follow the model is found by tracing it (``Trainer`` does, on the same batches).
+
+    :param elbo: the ELBO ``fit`` trains with.
+    :param vae: the model.
+    :param batches: list of ``(x, y, inputs)`` to probe (``Trainer.probe_batches``).
+    :param contract: the :class:`~pyro_vae.contract.Contract` of ``vae``, if checked.
+    """
+    name = type(elbo).__name__
+    if type(elbo) is not Trace_ELBO:
+        if isinstance(elbo, JIT_ELBOS):
+            return "pyro", f"{name} asks for Pyro's torch.jit compilation of the ELBO"
+        if enumerates(elbo):
+            return "pyro", f"{name} sums enumerated sites out, which the sync-free step does not"
+        return "pyro", f"the sync-free step computes Trace_ELBO's estimator, not {name}'s"
+    if contract is not None and (contract.enumerated or contract.guide_enumerated):
+        sites = contract.enumerated or contract.guide_enumerated
+        return "pyro", f"the model enumerates {', '.join(map(repr, sites))}, which the sync-free step does not"
+    problem = fast.replay_problem(elbo, vae, batches)
+    if problem is not None:
+        return "pyro", problem
+    return "replay", (f"Trace_ELBO with reparameterised sites that agree on {len(batches)} probed batches: "
+                      f"the sync-free replay computes the same estimator")
+
+
+def _fast_step(step, weight):
+    """A :func:`~pyro_vae.fast.make_step` step as a step of this loop; the KL weight is applied around each call,
+    where the traced graph reads it as an input (wrapping the model instead would freeze it into the graph)."""
     if weight is None:
         return lambda x, y, inputs: step(x, y, **inputs)
 

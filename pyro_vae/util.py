@@ -102,8 +102,8 @@ def parameter_budget(who, count, buffers=0):
     :param int buffers: other float32 values it holds (e.g. the masks of an autoregressive network).
     """
     if count > MAX_PARAMETERS:
-        raise BudgetError(f"{who} would have {count:,} weights, above the limit of {MAX_PARAMETERS:,} for one "
-                          f"network; use smaller hidden widths, channels or latent_dim", who, who)
+        raise BudgetError(f"{who} would have {count} weights, above the limit of {MAX_PARAMETERS} for one network; "
+                          f"use smaller hidden widths, channels or latent_dim", who, who)
     tally = _MODEL_BUDGET.get()
     if tally is None:
         return
@@ -113,10 +113,10 @@ def parameter_budget(who, count, buffers=0):
     needed = BYTES_PER_WEIGHT * tally["weights"] + 4 * tally["values"]
     if needed > MAX_MODEL_BYTES:
         largest = max(tally["parts"], key=tally["parts"].get)
-        raise BudgetError(f"the model would have {tally['weights']:,} weights, {_gib(needed)} to train with "
+        raise BudgetError(f"the model would have at least {tally['weights']:,} weights, {_gib(needed)} to train with "
                           f"gradients and Adam's state, above the budget of {_gib(MAX_MODEL_BYTES)} "
-                          f"(pyro_vae.util.MAX_MODEL_BYTES); the largest part is {largest} with "
-                          f"{tally['parts'][largest]:,} weights: use smaller hidden widths", who, largest)
+                          f"(pyro_vae.util.MAX_MODEL_BYTES), its largest part {largest} having "
+                          f"{tally['parts'][largest]:,} weights; use smaller hidden widths", who, largest)
 
 
 def autoregressive_weights(input_dim, hidden, context_dim=0, param_dims=2):

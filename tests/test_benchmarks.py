@@ -29,6 +29,7 @@ SMOKE_ARGS = {
     "m2_accuracy.py": [],
     "eval_cost.py": [],
     "overhead.py": ["--limit", "64"],
+    "diagnostics.py": [],
 }
 
 
@@ -65,6 +66,13 @@ def test_benchmark_smoke(name, tmp_path, monkeypatch, capsys):
         scheduled = [row for row in result["rows"] if row["config"] == "default + cosine + early stopping"]
         assert len(scheduled) == 2 and all(row["epochs_trained"] == 1 and row["best_epoch"] == 1
                                            and row["last_lr"] == 1e-3 for row in scheduled)
+    elif name == "diagnostics.py":
+        rows = {row["config"]: row for row in result["rows"]}
+        assert set(rows) == {"default", "iwae5-dreg"} and "--gradient" in rows["iwae5-dreg"]["command"]
+        assert all(row["log_px"] >= row["test_elbo"] - 2.0 and row["fd"] > 0 and 0 <= row["precision"] <= 1
+                   and row["amortization_gap"] == row["gap_elbo_refined"] - row["gap_elbo_encoder"]
+                   for row in rows.values())
+        assert "floor (training vs test images)" in printed
     elif name == "overhead.py":
         methods = {row["method"] for row in result["rows"]}
         assert {"hand-written PyTorch", "pyro_vae.fit Trace_ELBO", "pyro_vae.fit JitTrace_ELBO", "Pyro SVI.step Trace_ELBO",

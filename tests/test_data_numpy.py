@@ -146,7 +146,10 @@ def test_declared_sizes_are_checked_before_reading(tmp_path, digits):
     with pytest.raises(DataError, match="declares 115,008 bytes of data, above the limit of 1,000 bytes "
                                         ".*MAX_DATA_BYTES.*max_bytes=N"):
         data.load_numpy(path, max_bytes=1000)
-    assert data.load_numpy(path, max_bytes=115_008)[0].shape == (1797, 1, 8, 8)
+    # the budget is what the images take as they are held (float32), not as stored
+    with pytest.raises(DataError, match="460,032 bytes as float32, above the limit of 115,008 bytes"):
+        data.load_numpy(path, max_bytes=115_008)
+    assert data.load_numpy(path, max_bytes=460_032)[0].shape == (1797, 1, 8, 8)
     with pytest.raises(ConfigError, match="max_bytes must be a positive integer"):
         data.load_numpy(path, max_bytes=-1)
     # a header promising far more than the file holds: refused from the file size, nothing allocated

@@ -222,7 +222,9 @@ def test_diagnose_end_to_end_and_picture(tmp_path):
     pv.fit(vae, train, epochs=2, progress=False, device="cpu")
     cache = tmp_path / "classifier.pt"
     settings = {"gap_images": 8, "refine_steps": 20, "refine_particles": 2, "elbo_samples": 10}
-    result = diagnostics.diagnose(vae, test, train=train, num_samples=20, cache=str(cache), **settings)
+    fast = {"min_steps": 100}
+    result = diagnostics.diagnose(vae, test, train=train, num_samples=20, cache=str(cache), classifier_settings=fast,
+                                  **settings)
     json.dumps(result)   # JSON-ready
     d = result["diagnostics"]
     assert set(d) >= {"kl_per_dim", "active_units", "mutual_information", "amortization_gap", "approximation_gap"}
@@ -230,18 +232,20 @@ def test_diagnose_end_to_end_and_picture(tmp_path):
     assert 0 <= d["mutual_information"] <= math.log(60) + 1e-6
     q = result["sample_quality"]
     assert set(q) >= {"fd", "precision", "recall", "classifier_accuracy", "floor_fd"}
-    assert q["fd"] > 0 and 0 <= q["precision"] <= 1 and q["classifier_accuracy"] > 0.5
+    assert q["fd"] > 0 and 0 <= q["precision"] <= 1 and q["classifier_accuracy"] > 0.4
     assert cache.exists() and torch.load(cache, weights_only=True)["config"]["dataset"] == train.name
-    again = diagnostics.diagnose(vae, test, train=train, num_samples=20, cache=str(cache), **settings)
+    again = diagnostics.diagnose(vae, test, train=train, num_samples=20, cache=str(cache), classifier_settings=fast,
+                                 **settings)
     assert again["sample_quality"]["classifier_accuracy"] == q["classifier_accuracy"]
     checks = result["posterior_predictive"]
-    assert set(checks["statistics"]) == {"mean_intensity", "edges", "ink"}
+    assert set(checks["statistics"]) == {"mean_intensity", "edges"}
     assert sum(checks["class_frequencies"]["samples"]) == pytest.approx(1.0)
     diagnostics.plot(d, path=tmp_path / "diagnostics.png")
     quality.plot_posterior_predictive(checks, path=tmp_path / "ppc.png")
     assert (tmp_path / "diagnostics.png").stat().st_size > 0 and (tmp_path / "ppc.png").stat().st_size > 0
     # the same through evaluate.report
-    report = pv.evaluate.report(vae, test, num_samples=20, diagnostics=True, train=train, diagnostics_settings=settings)
+    report = pv.evaluate.report(vae, test, num_samples=20, diagnostics=True, train=train, classifier_cache=str(cache),
+                                diagnostics_settings={**settings, "classifier_settings": fast})
     assert report["diagnostics"]["active_units"] == report["active_units"] and "sample_quality" in report
 
 
@@ -294,13 +298,13 @@ def test_classifier_cache_is_reloaded_with_weights_only(tmp_path):
     train, test = pv.data.load("digits", binarize="none")
     train = train.subset(torch.arange(200))
     cache = tmp_path / "clf.pt"
-    first, info = quality.classifier_for(train, test, cache=str(cache), epochs=2)
+    first, info = quality.classifier_for(train, test, cache=str(cache), epochs=2, min_steps=1)
     assert info["cached"] is False and 0 < info["test_accuracy"] <= 1
-    second, info2 = quality.classifier_for(train, test, cache=str(cache), epochs=2)
+    second, info2 = quality.classifier_for(train, test, cache=str(cache), epochs=2, min_steps=1)
     assert info2["cached"] is True and info2["test_accuracy"] == info["test_accuracy"]
     x = test.images[:5]
     torch.testing.assert_close(quality.features(first, x), quality.features(second, x))
-    third, info3 = quality.classifier_for(train, test, cache=str(cache), epochs=3)   # other settings: retrained
+    third, info3 = quality.classifier_for(train, test, cache=str(cache), epochs=3, min_steps=1)   # retrained
     assert info3["cached"] is False
 
 
@@ -308,8 +312,9 @@ def test_image_statistics_by_hand():
     image = torch.zeros(1, 1, 3, 3)
     image[0, 0, 1, 1] = 1.0          # one pixel on: four edges around it
     stats = quality.image_statistics(image)
-    assert stats["edges"].item() == 4 and stats["ink"].item() == pytest.approx(1 / 9)
-    assert stats["mean_intensity"].item() == pytest.approx(1 / 9)
+    assert stats["edges"].item() == 4 and stats["mean_intensity"].item() == pytest.approx(1 / 9)
+    image[0, 0, 1, 2] = 0.7          # a neighbour on the right border joins it: 1 + 2 + 2 edges (the border is none)
+    assert quality.image_statistics(image)["edges"].item() == 5
 
 
 # --- IWAE gradients -------------------------------------------------------------------------------
@@ -387,6 +392,7 @@ def test_stl_and_dreg_stick_the_landing_at_the_exact_posterior():
     assert norms["stl"] < 1e-5 and norms["dreg"] < 1e-5 and norms["iwae"] > 0.1
 
 
+@pytest.mark.slow
 def test_dreg_is_unbiased_for_the_iwae_gradient():
     vae, x = suboptimal(W_CORRELATED), images(W_CORRELATED, 50)
     vae.register_params = False
@@ -423,3 +429,47 @@ def test_fit_trains_with_dreg():
     vae = pv.VAE(image_shape=train.image_shape, latent_dim=4, hidden=(32,))
     history = pv.fit(vae, train, epochs=3, loss=IWAE(5, "dreg"), progress=False, device="cpu", lr=3e-3)
     assert history[-1]["train_elbo"] > history[0]["train_elbo"]
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+
+def test_cli_evaluate_diagnostics_and_explorer(tmp_path, monkeypatch, capsys):
+    from pyro_vae import cli
+    # the defaults refine 100 images for 300 steps and train the classifier for 1000 steps: smaller here
+    monkeypatch.setitem(diagnostics.DEFAULTS, "gap_images", 5)
+    monkeypatch.setitem(diagnostics.DEFAULTS, "refine_steps", 10)
+    monkeypatch.setitem(quality.CLASSIFIER, "min_steps", 30)
+    run = tmp_path / "run"
+    assert cli.main(["train", "--dataset", "digits", "--epochs", "1", "--latent-dim", "3", "--hidden", "32",
+                     "--eval-samples", "5", "--out", str(run), "--no-progress"]) == 0
+    assert cli.main(["evaluate", str(run), "--num-samples", "10", "--diagnostics", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "amortisation gap" in printed and "floor" in printed and "not Inception FID" in printed
+    metrics = json.loads((run / "metrics.json").read_text())
+    d, q = metrics["diagnostics"], metrics["sample_quality"]
+    assert {"kl_per_dim", "active_units", "mutual_information", "amortization_gap", "approximation_gap"} <= set(d)
+    assert {"fd", "precision", "recall", "classifier_accuracy", "floor_fd"} <= set(q)
+    assert metrics["evaluations"][-1]["diagnostics"] == d
+    assert "values" not in metrics["posterior_predictive"]   # the per-image arrays stay out of metrics.json
+    assert (run / "diagnostics.png").stat().st_size > 0 and (run / "posterior-predictive.png").stat().st_size > 0
+    assert torch.load(run / "classifier.pt", weights_only=True)["config"]["dataset"].startswith("digits")
+    assert cli.main(["explore", str(run), "--html"]) == 0
+    page = (run / "explorer.html").read_text()
+    assert 'id="diagnostics"' in page and "amortisation gap" in page
+
+
+def test_cli_gradient_flag(tmp_path, capsys):
+    from pyro_vae import cli
+    for flags, needle in ((["--gradient", "dreg"], "--objective elbo"),
+                          (["--objective", "iwae", "--gradient", "stl", "--model", "hvae"], "--model hvae"),
+                          (["--objective", "iwae", "--gradient", "dreg", "--guide", "iaf"], "--guide iaf")):
+        assert cli.main(["train", "--dataset", "digits", *flags, "--out", str(tmp_path / "no")]) == 2
+        assert needle in capsys.readouterr().err
+    run = tmp_path / "run"
+    assert cli.main(["train", "--dataset", "digits", "--epochs", "1", "--latent-dim", "3", "--hidden", "16",
+                     "--objective", "iwae", "--num-particles", "3", "--gradient", "dreg", "--eval-samples", "5",
+                     "--out", str(run), "--no-progress"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["objective"] == {"name": "iwae", "loss": "IWAE", "num_particles": 3, "gradient": "dreg"}
+    assert config["fit"]["loss"] == "IWAE"

@@ -19,6 +19,8 @@ from pyro_vae.train import RebuildWarning
 class TwoGroupVAE(pv.VAE):
     """z = (style, content): two latent groups with priors of their own, N(0, 0.5^2) and N(0, 2^2)."""
 
+    top_sites = ("style", "content")   # what generate() decodes, declared: the pictures walk these sites
+
     def __init__(self, style_dim=2, **kwargs):
         super().__init__(**kwargs)
         self.style_dim = style_dim

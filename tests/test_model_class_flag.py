@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -171,7 +172,31 @@ def test_the_flag_must_name_the_class_the_run_was_trained_with(run, tmp_path, in
     assert code == 2 and "trained with the model class TwoGroupVAE, not OtherVAE" in err
     assert "--model-class module:TwoGroupVAE" in err and not (tmp_path / "s.png").exists()
     builtin = tmp_path / "builtin"
-    pv.fit(pv.VAE(image_shape=(1, 8, 8), latent_dim=2, hidden=(8,)), pv.data.load("digits", binarize="dynamic")[0].subset(range(16)),
+    digits = pv.data.load("digits", binarize="dynamic")[0].subset(range(16))
+    pv.fit(pv.VAE(image_shape=(1, 8, 8), latent_dim=2, hidden=(8,)), digits,
            epochs=1, progress=False, device="cpu", checkpoint_dir=builtin, pictures=False)
     code, err = error_of("sample", builtin, "--model-class", "others:OtherVAE", "--out", tmp_path / "s.png")
     assert code == 2 and "trained with pyro_vae's own VAE, not OtherVAE; drop --model-class" in err
+
+
+def test_a_wrapped_pair_loads_through_the_flag(tmp_path, in_folder):
+    # Pyro's tutorial VAE (tests/data), through pv.wrap: config.json names its module class, VAE
+    tutorial = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "pyro_tutorial_vae.py")
+    spec = importlib.util.spec_from_file_location("_test_pyro_tutorial_vae", tutorial)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    train, _ = pv.data.load("mnist5k", binarize="dynamic")
+    sizes = {"z_dim": 3, "hidden_dim": 16}
+    vae = pv.wrap(module.VAE(**sizes), image_shape=(1, 28, 28), init_kwargs=sizes)
+    run = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pv.train.RebuildWarning)
+        pv.fit(vae, train.subset(range(32)), epochs=1, batch_size=16, progress=False, device="cpu",
+               checkpoint_dir=run, pictures=False)
+    in_folder(tmp_path)
+    code, err = error_of("sample", run, "--out", tmp_path / "s.png")
+    assert code == 2 and "a model class of your own, VAE; pass it with --model-class module:VAE" in err
+    assert error_of("sample", run, "--model-class", f"{tutorial}:VAE", "--num", "4", "--out", tmp_path / "s.png") \
+        == (0, "")
+    with Image.open(tmp_path / "s.png") as image:
+        assert image.size[0] >= 100

@@ -142,8 +142,68 @@ class _TooFew(TwoGroupVAE):
 
 
 @pytest.mark.parametrize("cls, match", [(_Misdeclared, r"no latent site 'w'.*set _Misdeclared\.top_sites"),
-                                        (_TooFew, r"4 coordinates \(top_dim\) but its top sites draw z 2")])
+                                        (_TooFew, r"4 coordinates \(top_dim\) but its top_sites draw z 2; set _TooFew\.top_sites")])
 def test_a_wrong_top_sites_is_refused_in_one_line(cls, match, digits_binary):
     with pytest.raises(pv.ConfigError, match=match) as error:
         plots.traversal(cls(), digits_binary[1].images[0])
     assert "\n" not in str(error.value)
+
+
+class LaplaceCodes(pv.VAE):
+    """z ~ Laplace(0, 2) of its own (``vae.prior`` stays N(0, I), unused); 2-D, so it has a latent manifold."""
+
+    def model(self, x, y=None, covariates=None):
+        self.register()
+        with pyro.plate("data", x.shape[-4]):
+            z = pyro.sample("z", dist.Laplace(x.new_zeros(self.latent_dim), 2.0).to_event(1))
+            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+
+
+def test_the_latent_manifold_spans_the_models_own_prior():
+    vae = LaplaceCodes(image_shape=(1, 8, 8), latent_dim=2, hidden=(16,))
+    ax = plots.latent_manifold(vae, n=5).axes[0]
+    probs = torch.linspace(0.05, 0.95, 5)
+    exact = torch.where(probs < 0.5, 2.0 * torch.log(2 * probs), -2.0 * torch.log(2 * (1 - probs)))  # Laplace icdf
+    assert [float(t.get_text()) for t in ax.get_xticklabels()] == pytest.approx(exact.tolist(), abs=0.15)
+    assert [float(t.get_text()) for t in ax.get_yticklabels()] == pytest.approx(exact.flip(0).tolist(), abs=0.15)
+
+
+def test_the_latent_manifold_of_a_conditional_vae_with_a_mixture_prior():
+    torch.manual_seed(0)
+    cvae = pv.extended.ConditionalVAE(image_shape=(1, 8, 8), latent_dim=2, num_classes=10, hidden=(16,),
+                                      prior=pv.priors.MixtureOfGaussians(3))
+    ax = plots.latent_manifold(cvae, n=4).axes[0]   # the codes are drawn under uniform labels
+    with torch.no_grad():
+        draws = cvae.prior().sample((20000,))
+    shown = [float(t.get_text()) for t in ax.get_xticklabels()]
+    assert shown == pytest.approx(torch.quantile(draws[:, 0], torch.linspace(0.05, 0.95, 4)).tolist(), abs=0.1)
+
+
+class _Undeclared(TwoGroupVAE):
+    """The two groups renamed, and nothing declared: the pictures cannot know which sites make the code."""
+
+    top_sites = None
+
+    def model(self, x, y=None, covariates=None):
+        self.register()
+        with pyro.plate("data", x.shape[-4]):
+            style = pyro.sample("style", dist.Laplace(x.new_zeros(2), LAPLACE_SCALE).to_event(1))
+            content = pyro.sample("content", dist.Normal(x.new_zeros(2), 2.0).to_event(1))
+            pyro.sample("x", self.likelihood(self.decoder(torch.cat([style, content], -1))), obs=x)
+
+    def guide(self, x, y=None, covariates=None):
+        self.register()
+        with pyro.plate("data", x.shape[-4]):
+            loc, scale = self.encoder(x)
+            pyro.sample("style", dist.Normal(loc[..., :2], scale[..., :2]).to_event(1))
+            pyro.sample("content", dist.Normal(loc[..., 2:], scale[..., 2:]).to_event(1))
+
+
+def test_undeclared_sites_leave_out_the_traversal_of_a_run_with_a_warning(digits_binary, tmp_path):
+    vae, test = _Undeclared(), digits_binary[1]
+    with pytest.raises(pv.ConfigError, match=r"no latent site 'z'.*set _Undeclared\.top_sites"):
+        plots.traversal(vae, test.images[0])
+    with pytest.warns(UserWarning, match=r"traversal\.png is not drawn: .*set _Undeclared\.top_sites"):
+        paths = plots.save_all(vae, test.images[:40], test.labels[:40], None, [], tmp_path)
+    assert "traversal" not in paths and not (tmp_path / "traversal.png").exists()
+    assert all(paths[name].exists() for name in ("reconstructions", "samples", "latent_scatter"))

@@ -388,9 +388,9 @@ def test_a_named_pipe_in_place_of_a_run_file_does_not_block(run, name):
     (["--prior", "mog", "--num-components", str(10 ** 9)], "10000"),
     (["--prior", "vamp", "--num-pseudo-inputs", str(10 ** 9)], "10000"),
     (["--num-particles", str(10 ** 9)], "10000"),
-    (["--epochs", str(10 ** 12)], "1e+06"),
+    (["--epochs", str(10 ** 12)], "1000000"),
     (["--lr", "1e39"], "10"),
-    (["--eval-samples", str(10 ** 9)], "1e+06"),
+    (["--eval-samples", str(10 ** 9)], "1000000"),
 ])
 def test_size_flags_beyond_their_limits_are_one_line_errors(args, limit, tmp_path):
     before, started = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
@@ -405,7 +405,7 @@ def test_size_flags_beyond_their_limits_are_one_line_errors(args, limit, tmp_pat
 def test_widths_each_within_limits_but_too_many_weights_together(tmp_path):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     one_line(main_in_process("train", "--dataset", "digits", "--hidden", "65536", "65536", "--out", tmp_path / "run"),
-             "would have", "weights, above the limit of 1073741824", "smaller hidden widths")
+             "would have", "weights, above the limit of 1073741824", "use a smaller --hidden")
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024   # KiB: nothing allocated
     assert not (tmp_path / "run").exists()
 
