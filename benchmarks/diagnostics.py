@@ -107,7 +107,8 @@ def main(argv=None):
     runs = args.runs or (os.path.join(os.path.dirname(args.json or "."), "runs") if smoke else
                          os.path.join("runs", f"benchmark-diagnostics-{args.dataset}"))
     rows = [_row(name, args, smoke, runs) for name in args.configs]
-    print(f"{args.dataset}, {rows[0]['test_images']} test images ({rows[0]['binarize']} binarization), K={args.num_samples}, "
+    print(f"{args.dataset}, {rows[0]['test_images']} test images ({rows[0]['binarize']} binarization), "
+          f"K={args.num_samples}, "
           f"{args.epochs} epochs ({args.k50_epochs} for {', '.join(SHORT)}), {args.threads} thread(s):")
     print(f"{'config':12} {'log p(x)':>9} {'ELBO':>9} {'amort.':>7} {'approx.':>7} {'AU':>3} {'I(x;z)':>7} {'FD':>7} "
           f"{'prec.':>6} {'recall':>6}")

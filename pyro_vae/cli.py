@@ -814,6 +814,10 @@ def cmd_explore(args):
     vae, config, _ = _load_run(args)
     _, test = _load_data(config.get("data"))
     out = args.out or args.run
+    if os.path.realpath(out) != os.path.realpath(args.run) and pv.checkpoint.RunFolder(out, main=False).is_run():
+        # the run's own folder gets its own pictures redrawn; another run's pictures are that run's
+        raise pv.ConfigError(f"--out {out} is another run's folder, whose pictures explore would replace; choose "
+                             f"another folder")
     metrics = pv.checkpoint.RunFolder(args.run).read_metrics() if args.html else None   # diagnostics, if evaluated
     paths = pv.explorer.explore(vae, test.images, out, labels=test.labels, html=args.html, metrics=metrics)
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
@@ -917,7 +921,7 @@ def main(argv=None):
             raise
         print(f"pyro-vae: error: {e}", file=sys.stderr)
         return 2
-    except (OSError, MemoryError, RuntimeError) as e:   # the system's refusals (an unwritable --out, a full disk, memory)
+    except (OSError, MemoryError, RuntimeError) as e:   # the system's refusals (unwritable --out, full disk, memory)
         if args is not None and args.debug:
             raise
         if isinstance(e, RuntimeError) and not _out_of_memory(e):

@@ -12,8 +12,9 @@ MNIST-style IDX files, a folder of PNG/JPEG images (flat, or one subfolder per c
 downloads them once.
 
 Files are read with bounded memory: an IDX or NumPy header that declares more than :data:`MAX_DATA_BYTES`
-of data, or a folder of more than :data:`MAX_IMAGE_FILES` images, is refused before anything large is
-allocated (the readers take ``max_bytes`` / ``max_files`` to override the limits for one call).
+of data (NumPy arrays: as they will be held, images as float32), image headers (read through Pillow) that
+declare more, or a folder of more than :data:`MAX_IMAGE_FILES` images, is refused before anything large is
+decoded or allocated (the readers take ``max_bytes`` / ``max_files`` to override the limits for one call).
 """
 
 import collections

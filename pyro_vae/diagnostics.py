@@ -221,7 +221,9 @@ def mutual_information(vae, data, limit=1000, num_samples=1, chunk=100, site=Non
     site = site or getattr(vae, "code_site", "z")
     count = x.shape[0]
     total = 0.0
-    with eval_mode(vae), _NoParamStore(vae):
+    # a flow's inversion can overflow for a code far from another image's posterior: its density there is
+    # taken as 0 (the argument check would refuse the overflowed values first)
+    with eval_mode(vae), _NoParamStore(vae), pyro.validation_enabled(False):
         for _ in range(positive_int("num_samples", num_samples)):
             trace = poutine.trace(vae.guide).get_trace(x, y)
             if site not in trace.nodes:
@@ -233,6 +235,9 @@ def mutual_information(vae, data, limit=1000, num_samples=1, chunk=100, site=Non
                 # in full because a conditional flow broadcasts its context only over leading dimensions
                 codes = z[part].unsqueeze(-2).expand(part.stop - part.start, count, z.shape[-1])
                 cross = q.log_prob(codes)
+                cross = torch.where(torch.isfinite(cross), cross, torch.full_like(cross, -math.inf))
+                rows = torch.arange(part.stop - part.start, device=cross.device)
+                cross[rows, rows + part.start] = own[part]   # each code's own posterior, scored without inversion
                 aggregate = torch.logsumexp(cross, dim=-1) - math.log(count)
                 total += (own[part] - aggregate).sum().item()
     return total / (count * num_samples)
@@ -301,7 +306,8 @@ def refine_posterior(vae, x, y=None, steps=300, lr=0.02, num_particles=8, elbo_s
 
     The encoder's output ``(loc, scale)`` for each image becomes a free parameter (``scale`` through its
     log), optimised by ``steps`` of SVI (``Trace_ELBO`` with ``num_particles`` vectorized draws, torch Adam
-    from ``lr`` with a cosine decay to 0) with the model's weights fixed. For the default diagonal Normal q this is the free-form Gaussian family;
+    from ``lr`` with a cosine decay to 0) with the model's weights fixed. For the default diagonal Normal q
+    this is the free-form Gaussian family;
     for an IAF posterior the flows' weights are shared and fixed, and the per-image inputs of the flows move
     (a sub-family of per-image IAFs); for the hierarchical VAE q(z1|x) is refined and q(z2|z1) keeps its
     network.
@@ -432,7 +438,7 @@ def diagnose(vae, data, train=None, num_samples=1000, cache=None, classifier_set
 
 
 def plot(diagnostics, path=None):
-    """Two panels: the KL per latent dimension, sorted (a bar per dimension, the active ones darker), and the
+    """Two panels: the KL per latent dimension, sorted (a bar per dimension, one colour per latent site), and the
     ELBO of the encoder, the ELBO of the refined posterior and log p(x) with the two gaps between them.
 
     :param dict diagnostics: the ``"diagnostics"`` entry of :func:`diagnose`.

@@ -498,6 +498,7 @@ class RunFiles(Hook):
             return
         vae, test = trainer.vae, trainer.test
         if test is not None and self.eval_samples:
+            started = time.perf_counter()
             seconds = evaluation_seconds(vae, test, self.eval_samples)
             # without progress bars (tests, scripts) only an evaluation long enough to wonder about says so
             shown = self.progress or seconds > QUIET_EVALUATION_SECONDS
@@ -505,6 +506,9 @@ class RunFiles(Hook):
                 tqdm.write(f"final evaluation: log p(x) with K={self.eval_samples} importance samples on {len(test)} "
                            f"images, about {seconds:.0f} s")
             result = evaluate.report(vae, test, num_samples=self.eval_samples, progress=shown)
+            result["seconds"] = time.perf_counter() - started   # the estimate's trial included
+            if shown:
+                tqdm.write(f"final evaluation took {result['seconds']:.0f} s")
             # the epoch whose weights were scored: a resumed run keeps the evaluations made before it
             result["epoch"] = trainer.best_epoch or trainer.epochs_trained
             trainer.run.update_metrics(lambda metrics: metrics.update(test=result))

@@ -282,7 +282,8 @@ def image_statistics(images):
     horizontal and vertical, on either side of 0.5: the length of the strokes' outlines, which isolated noisy
     pixels inflate and blur deflates). :param images: ``(N, C, H, W)``. :returns: dict of ``(N,)`` tensors."""
     on = images > 0.5
-    edges = (on[..., 1:, :] != on[..., :-1, :]).flatten(1).sum(1) + (on[..., :, 1:] != on[..., :, :-1]).flatten(1).sum(1)
+    vertical = (on[..., 1:, :] != on[..., :-1, :]).flatten(1).sum(1)
+    edges = vertical + (on[..., :, 1:] != on[..., :, :-1]).flatten(1).sum(1)
     return {"mean_intensity": images.flatten(1).mean(1), "edges": edges.double()}
 
 
@@ -311,7 +312,8 @@ def posterior_predictive(vae, test, classifier=None, num_samples=None, kind="sam
               "samples": {k: v.tolist() for k, v in stats_samples.items()}}
     if classifier is not None:
         num_classes = classifier.net[-1].out_features
-        freq_test = torch.bincount(classify(classifier, test_images), minlength=num_classes).double() / test_images.shape[0]
+        freq_test = torch.bincount(classify(classifier, test_images), minlength=num_classes).double()
+        freq_test = freq_test / test_images.shape[0]
         freq_samples = torch.bincount(classify(classifier, samples), minlength=num_classes).double() / n
         out["class_frequencies"] = {"test": freq_test.tolist(), "samples": freq_samples.tolist(),
                                     "total_variation": 0.5 * (freq_test - freq_samples).abs().sum().item()}

@@ -335,8 +335,9 @@ class Trainer:
         Automatically (``compile=None``): the replay step wherever it computes this ELBO's estimator exactly,
         which :func:`choose_step` decides on :meth:`probe_batches`; their signatures are traced here, before
         anything is written, so that a model the tracer cannot follow falls back now, and the same way on
-        resume. A trace that fails later, on a batch shape no probe had, falls back in place
-        (:meth:`_trace_failed`).
+        resume. Later, it falls back in place, with a warning and config.json updated, where a trace fails on a
+        batch shape no probe had (:meth:`_trace_failed`) or, before every epoch after the first, the graph no
+        longer computes what the model does (:meth:`_check_replay`).
         """
         settings = self.settings
         if settings.requested == "pyro":
@@ -344,13 +345,12 @@ class Trainer:
             return self._pyro_step()
         auto = settings.requested == "auto"
         probe = self.probe_batches()
-        # a few images of the first batch, to check at every later epoch that the graph is still the model's
-        x, y, inputs = probe[0]
-        count = min(REPLAY_CHECK_IMAGES, x.shape[0])
-        check = (x[:count], None if y is None else y[:count], {k: v[:count] for k, v in inputs.items()})
         if auto:
+            # a few images of the first batch, to check before every later epoch that the graph is still the model's
+            x, y, inputs = probe[0]
+            count = min(REPLAY_CHECK_IMAGES, x.shape[0])
+            check = (x[:count], None if y is None else y[:count], {k: v[:count] for k, v in inputs.items()})
             probe = probe + [check]
-        if auto:
             settings.step, settings.step_reason = choose_step(self.elbo, self.vae, probe, contract)
             if settings.step == "pyro":
                 return self._pyro_step()

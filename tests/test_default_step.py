@@ -33,7 +33,7 @@ def run(make, train, seed=0, **options):
     vae = make()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pv.train.RebuildWarning)
-        return pv.fit(vae, train, seed=seed, progress=False, eval_samples=0, pictures=False, **options)
+        return pv.fit(vae, train, seed=seed, **{"progress": False, "eval_samples": 0, "pictures": False, **options})
 
 
 def fit_record(folder):
@@ -276,3 +276,15 @@ def test_final_evaluation_says_its_cost_and_shows_progress(digits, tmp_path, cap
     assert "final evaluation" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "long" / "metrics.json").read_text())
     assert metrics["test"]["num_samples"] == 3
+
+
+def test_cli_step_flag(tmp_path):
+    from pyro_vae import cli
+    tiny_run = ["train", "--dataset", "digits", "--epochs", "1", "--hidden", "16", "--latent-dim", "2",
+                "--eval-samples", "2", "--batch-size", "128", "--no-progress"]
+    for flags, step in ((["--step", "pyro"], "pyro"), ([], "replay"), (["--compile"], "replay")):
+        out = tmp_path / (flags[-1].strip("-") if flags else "auto")
+        assert cli.main(tiny_run + flags + ["--out", str(out)]) == 0
+        assert fit_record(out)["step"] == step
+    for flags in (["--step", "pyro", "--compile"], ["--step", "replay", "--model", "m2", "--labels", "100"]):
+        assert cli.main(tiny_run + flags + ["--out", str(tmp_path / "refused")]) == 2
