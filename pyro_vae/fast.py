@@ -28,7 +28,9 @@ scale sites from outside the step (``with poutine.scale(scale=beta): step(x)``) 
 a KL warm-up changes the loss without a new trace. Anything else a handler around the call would do
 (masks, conditioning, recording a trace) makes that call run the eager estimator (1), which honours it as
 Pyro does. Python inside the model that depends on anything but the signature (a branch on an attribute
-changed between steps) is frozen at the first trace, as with ``JitTrace_ELBO``.
+changed between steps) is frozen at the first trace, as with ``JitTrace_ELBO``; ``step.check`` compares a
+graph with the model as it is now, and :func:`replay_problem` looks for sites that change between batches
+(``fit`` runs both when it picks this step by itself).
 """
 
 import numbers
@@ -301,10 +303,12 @@ class _Step:
         would not show. This runs the graph and the eager estimator once each, from the same random state,
         outside the caller's random stream and without the handlers around the call, and compares their
         sites and losses (to rounding): about two steps of this batch, so check on a few images. The
-        signature must have been traced (:meth:`prepare`).
+        signature must have been traced (:meth:`prepare`); ``None`` where it was not (nothing to compare).
         """
         tensors, layout, signature = _split_inputs(x, y, kwargs)
-        graph = self.graphs[(signature, getattr(self.vae, "training", None))]
+        graph = self.graphs.get((signature, getattr(self.vae, "training", None)))
+        if graph is None:
+            return None
         args, kwargs = _rebuild(layout, tensors)
         sites = []
         with self._forked_rng(), _BuffersKept(self.vae):

@@ -459,15 +459,18 @@ QUIET_EVALUATION_SECONDS = 30
 
 def evaluation_seconds(vae, test, num_samples):
     """About how long ``evaluate.report`` takes on ``test`` with K = ``num_samples``: its log p(x), the slow
-    part, timed on the first 2% of the images (at least 10) and scaled up; drawn outside the run's random
-    stream, so the scores do not change."""
-    count = min(len(test), max(10, len(test) // 50))
-    part = test.subset(range(count)) if hasattr(test, "subset") else test[:count]
+    part, timed on one of the chunks it is computed in (a batch of images times a block of samples, of the
+    sizes :func:`~pyro_vae.evaluate.log_likelihood` uses) and scaled by the number of chunks; drawn outside
+    the run's random stream, so the scores do not change."""
+    images = max(1, evaluate.MAX_PAIRS // min(num_samples, 100))
+    samples = max(1, min(num_samples, evaluate.MAX_PAIRS // images))
+    part = test.subset(range(min(len(test), images))) if hasattr(test, "subset") else test[:images]
     device = next(iter(vae.parameters()), torch.empty(0)).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         started = time.perf_counter()
-        evaluate.log_likelihood(vae, part, num_samples=num_samples)
-        return (time.perf_counter() - started) * len(test) / count
+        evaluate.log_likelihood(vae, part, num_samples=samples, batch_size=images)
+        seconds = time.perf_counter() - started
+    return seconds * len(test) / len(part) * math.ceil(num_samples / samples)
 
 
 class RunFiles(Hook):

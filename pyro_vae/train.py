@@ -118,7 +118,9 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
         estimator and the same random draws as ``Trace_ELBO`` (:func:`pyro_vae.fast.make_step`; measured
         in benchmarks/README.md). A resumed run makes the same choice again and must use the same step.
     :param int eval_samples: with ``checkpoint_dir`` and ``test``: importance samples K of the final log p(x)
-        written to metrics.json (0 skips it).
+        written to metrics.json (0 skips it); its cost grows linearly with K. Its estimated duration is
+        printed first and a progress bar shown while it runs (with ``progress``, or without it when the
+        estimate exceeds :data:`pyro_vae.hooks.QUIET_EVALUATION_SECONDS`); metrics.json records its ``seconds``.
     :param bool pictures: with ``checkpoint_dir``: write the standard pictures at the end.
     :returns: list of dicts, one per epoch: ``epoch``, ``train_elbo`` and ``test_elbo`` (nats per
         datapoint; ``test_elbo`` is ``None`` without a test set) and ``seconds`` (plus what hooks add, e.g.

@@ -129,6 +129,7 @@ def test_kl_per_dim_is_none_for_a_flow_posterior():
     assert diagnostics.kl_per_dim(vae, torch.rand(5, 1, 4, 4).round()) == {"z": None}
 
 
+@pytest.mark.slow
 def test_mutual_information_matches_closed_form():
     vae = suboptimal(W_CORRELATED)
     x = images(W_CORRELATED, 2000)
@@ -215,6 +216,7 @@ def test_refinement_leaves_a_vamp_prior_alone():
         assert torch.equal(vae.prior().log_prob(torch.zeros(3)), prior_before)
 
 
+@pytest.mark.slow
 def test_diagnose_end_to_end_and_picture(tmp_path):
     train, test = pv.data.load("digits", binarize="dynamic")
     train, test = train.subset(torch.arange(300)), test.subset(torch.arange(60))
@@ -435,6 +437,7 @@ def test_fit_trains_with_dreg():
 # --- the command line -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_evaluate_diagnostics_and_explorer(tmp_path, monkeypatch, capsys):
     from pyro_vae import cli
     # the defaults refine 100 images for 300 steps and train the classifier for 1000 steps: smaller here
