@@ -353,7 +353,8 @@ class Trainer:
             count = min(REPLAY_CHECK_IMAGES, x.shape[0])
             check = (x[:count], None if y is None else y[:count], {k: v[:count] for k, v in inputs.items()})
             probe = probe + [check]
-            settings.step, settings.step_reason = choose_step(self.elbo, self.vae, probe, contract)
+            with _quiet_first_call():   # a vectorised ELBO's first call logs the plate depth it guesses
+                settings.step, settings.step_reason = choose_step(self.elbo, self.vae, probe, contract)
             if settings.step == "pyro":
                 return self._pyro_step()
         else:
@@ -364,8 +365,9 @@ class Trainer:
         training = self.vae.training
         self.vae.train()   # the mode the loop trains in, part of a graph's signature
         try:
-            for x, y, inputs in probe:
-                step.prepare(x, y, **inputs)
+            with _quiet_first_call():
+                for x, y, inputs in probe:
+                    step.prepare(x, y, **inputs)
         except ConfigError as error:
             if not auto:
                 raise
