@@ -31,7 +31,7 @@ from pyro.poutine.util import site_is_subsample
 from . import evaluate
 from .errors import ConfigError, DataError
 from .evaluate import eval_mode
-from .util import positive_int
+from .util import chunks, positive_int
 
 __all__ = ["kl_per_dim", "mutual_information", "refine_posterior", "posterior_gaps", "diagnose", "plot"]
 
@@ -64,11 +64,6 @@ def first_images(vae, data, limit=None):
     elif y is None or bool((y < 0).any()):
         raise DataError(f"{type(vae).__name__} conditions on labels, and some of the first {count} images have none")
     return x.to(device), None if y is None else y.to(device)
-
-
-def _chunks(count, size):
-    for start in range(0, count, size):
-        yield slice(start, min(count, start + size))
 
 
 class _NoParamStore:
@@ -126,7 +121,7 @@ def _mixture_marginal_log_prob(fn, z, block=2 ** 22):
     flat = z.reshape(-1, z.shape[-1])
     out = []
     rows = max(1, block // max(1, loc.shape[-2] * loc.shape[-1]))
-    for part in _chunks(flat.shape[0], rows):
+    for part in chunks(flat.shape[0], rows):
         # the mixture's parameters describe one mixture shared by every code (the priors here)
         comp = dist.Normal(loc.reshape(-1, *loc.shape[-2:])[0], scale.reshape(-1, *scale.shape[-2:])[0])
         lp = comp.log_prob(flat[part].unsqueeze(-2))                            # (rows, K, D)
@@ -176,7 +171,7 @@ def kl_per_dim(vae, data, num_samples=10, limit=None, batch_size=250):
     num_samples = positive_int("num_samples", num_samples)
     sums, unsplit = {}, set()
     with eval_mode(vae), _NoParamStore(vae):
-        for part in _chunks(x_all.shape[0], batch_size):
+        for part in chunks(x_all.shape[0], batch_size):
             y = None if y_all is None else y_all[part]
             guide_trace, model_trace = _traces(vae, x_all[part], y, num_samples)
             for name in _latent_sites(guide_trace):
@@ -231,7 +226,7 @@ def mutual_information(vae, data, limit=1000, num_samples=1, chunk=100, site=Non
                 raise ConfigError(f"the guide has no latent site {site!r}; pass site= one of {_latent_sites(trace)}")
             q, z = trace.nodes[site]["fn"], trace.nodes[site]["value"]        # batch (N,), z (N, D)
             own = q.log_prob(z)
-            for part in _chunks(count, chunk):
+            for part in chunks(count, chunk):
                 # every z_i of the chunk against all N posteriors: (c, N, D) -> (c, N) of log q(z_i | x_j), expanded
                 # in full because a conditional flow broadcasts its context only over leading dimensions
                 codes = z[part].unsqueeze(-2).expand(part.stop - part.start, count, z.shape[-1])
@@ -381,7 +376,7 @@ def posterior_gaps(vae, data, limit=100, num_samples=1000, steps=300, lr=0.02, n
     """
     x_all, y_all = first_images(vae, data, limit)
     sums = {"log_likelihood": 0.0, "elbo_encoder": 0.0, "elbo_refined": 0.0}
-    for part in _chunks(x_all.shape[0], batch_size):
+    for part in chunks(x_all.shape[0], batch_size):
         x, y = x_all[part], None if y_all is None else y_all[part]
         refined = refine_posterior(vae, x, y, steps=steps, lr=lr, num_particles=num_particles,
                                    elbo_samples=elbo_samples)

@@ -34,7 +34,7 @@ import pyro
 import pyro.poutine as poutine
 
 from .errors import DataError
-from .contract import CHECK_IMAGES, check_model
+from .contract import check_model, device_of, first_batch
 from .model import uses_labels
 from .util import positive_int
 
@@ -114,10 +114,6 @@ def log_weight_terms(vae, x, y=None, num_particles=1, **kwargs):
     return {"log_likelihood": expected_obs, "log_prior": log_joint - expected_obs, "log_posterior": log_posterior}
 
 
-def _device(vae):
-    return next(vae.parameters()).device
-
-
 def _batches(data, batch_size, device):
     """``(x, y, kwargs)`` per batch on ``device``: ``kwargs`` holds the dataset's covariates, if it has any."""
     if not hasattr(data, "batches"):   # a bare tensor of images
@@ -144,7 +140,7 @@ def quantity(vae, data):
     Read from the model's own trace on one image: the observed sites are what the score is a density of;
     labels the model conditions on, and covariates, are what it is conditioned on.
     """
-    x, y, kwargs = next(_batches(data, 1, _device(vae)))
+    x, y, kwargs = next(_batches(data, 1, device_of(vae)))
     with eval_mode(vae):
         trace = poutine.trace(vae.model).get_trace(x, _scored_labels(vae, y), **kwargs)
     observed = [name for name, site in trace.nodes.items() if site["type"] == "sample" and site["is_observed"]]
@@ -172,7 +168,7 @@ def check(vae, data):
     """:func:`~pyro_vae.contract.check_model` on the first images of ``data`` as the scores see them (in eval
     mode, with the labels :func:`elbo` would pass), so a model that breaks the contract is refused with the
     reason instead of scored wrongly. :returns: the :class:`~pyro_vae.contract.Contract`."""
-    x, y, kwargs = next(_batches(data, CHECK_IMAGES, _device(vae)))
+    x, y, kwargs = first_batch(data, device_of(vae))
     with eval_mode(vae):
         return check_model(vae, x, _scored_labels(vae, y), **kwargs)
 
@@ -192,7 +188,7 @@ def elbo(vae, data, num_samples=1, batch_size=500):
     sums = {"reconstruction": 0.0, "kl": 0.0}
     count = 0
     with eval_mode(vae):
-        for x, y, kwargs in _batches(data, batch_size, _device(vae)):
+        for x, y, kwargs in _batches(data, batch_size, device_of(vae)):
             terms = log_weight_terms(vae, x, _scored_labels(vae, y), num_samples, **kwargs)
             sums["reconstruction"] += terms["log_likelihood"].mean(0).sum().item()
             sums["kl"] += (terms["log_posterior"] - terms["log_prior"]).mean(0).sum().item()
@@ -230,7 +226,7 @@ def log_likelihood(vae, data, num_samples=1000, batch_size=None, reduce=True, ma
     bar = tqdm(total=len(data), unit="image", desc=f"log p(x), K={num_samples}", disable=not progress,
                dynamic_ncols=True, leave=False)
     with eval_mode(vae), bar:
-        for x, y, kwargs in _batches(data, batch_size, _device(vae)):
+        for x, y, kwargs in _batches(data, batch_size, device_of(vae)):
             y = _scored_labels(vae, y)
             running = x.new_full((x.shape[0],), -math.inf)
             done = 0
@@ -261,7 +257,7 @@ def active_units(vae, data, threshold=0.01, batch_size=1000):
     with_labels = uses_labels(vae)
     means = []
     with eval_mode(vae):
-        for x, y, _ in _batches(data, batch_size, _device(vae)):
+        for x, y, _ in _batches(data, batch_size, device_of(vae)):
             posterior = vae.encode(x, y) if with_labels and y is not None else vae.encode(x)
             means.append(posterior[0].cpu())
     means = torch.cat(means)
@@ -316,7 +312,7 @@ def accuracy(model, dataset, batch_size=1000):
     """
     if dataset.labels is None:
         raise DataError(f"accuracy needs labels but {dataset.name!r} has none")
-    device = _device(model)
+    device = device_of(model)
     correct = total = 0
     with eval_mode(model):
         for x, y in dataset.batches(batch_size, shuffle=False):

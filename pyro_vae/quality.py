@@ -30,7 +30,7 @@ from torch import nn
 
 from .errors import CheckpointError, DataError
 from .evaluate import eval_mode
-from .util import positive_int
+from .util import chunks, positive_int
 
 __all__ = ["train_classifier", "classifier_for", "features", "frechet_distance", "precision_recall",
            "model_samples", "sample_quality", "posterior_predictive", "plot_posterior_predictive"]
@@ -139,7 +139,7 @@ def features(classifier, images, batch_size=1000):
     :param images: ``(N, C, H, W)``. :returns: ``(N, F)`` float64 on the CPU."""
     body = classifier.net[:-1]
     with eval_mode(classifier):
-        out = [body(images[part].cpu().flatten(-3)) for part in _chunks(images.shape[0], batch_size)]
+        out = [body(images[part].cpu().flatten(-3)) for part in chunks(images.shape[0], batch_size)]
     return torch.cat(out).double()
 
 
@@ -147,12 +147,7 @@ def features(classifier, images, batch_size=1000):
 def classify(classifier, images, batch_size=1000):
     """The classifier's labels of ``images`` ``(N, C, H, W)``: ``(N,)`` int64."""
     with eval_mode(classifier):
-        return torch.cat([classifier(images[part].cpu()).argmax(-1) for part in _chunks(images.shape[0], batch_size)])
-
-
-def _chunks(count, size):
-    for start in range(0, count, size):
-        yield slice(start, min(count, start + size))
+        return torch.cat([classifier(images[part].cpu()).argmax(-1) for part in chunks(images.shape[0], batch_size)])
 
 
 def frechet_distance(a, b):
@@ -183,7 +178,7 @@ def frechet_distance(a, b):
 def _kth_neighbour_radius(points, k, chunk=1000):
     """Distance from each point to its k-th nearest neighbour among the others. :returns: ``(N,)``."""
     radii = []
-    for part in _chunks(points.shape[0], chunk):
+    for part in chunks(points.shape[0], chunk):
         distances = torch.cdist(points[part], points)
         radii.append(distances.kthvalue(k + 1, dim=1).values)   # the point itself is at distance 0
     return torch.cat(radii)
@@ -192,7 +187,7 @@ def _kth_neighbour_radius(points, k, chunk=1000):
 def _coverage(queries, centres, radii, chunk=1000):
     """Share of ``queries`` within distance ``radii[j]`` of some centre j."""
     inside = 0
-    for part in _chunks(queries.shape[0], chunk):
+    for part in chunks(queries.shape[0], chunk):
         inside += int((torch.cdist(queries[part], centres) <= radii).any(dim=1).sum())
     return inside / queries.shape[0]
 
@@ -231,7 +226,7 @@ def model_samples(vae, num_samples, kind="sample", seed=0, batch_size=1000):
     out = []
     with torch.random.fork_rng(devices=[]), eval_mode(vae):
         torch.manual_seed(seed)
-        for part in _chunks(positive_int("num_samples", num_samples), batch_size):
+        for part in chunks(positive_int("num_samples", num_samples), batch_size):
             n = part.stop - part.start
             y = None
             if getattr(vae, "label_role", "ignored") == "conditioned":

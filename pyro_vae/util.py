@@ -159,3 +159,9 @@ def alternating_order(size, index):
     """
     order = torch.arange(size)
     return order if index % 2 == 0 else order.flip(0)
+
+
+def chunks(count, size):
+    """Slices ``0:size, size:2*size, ...`` covering ``range(count)``, the last one shorter."""
+    for start in range(0, count, size):
+        yield slice(start, min(count, start + size))
