@@ -13,24 +13,61 @@ The modules (``pv.data``, ``pv.priors``, ...) and names (``pv.VAE``, ``pv.fit``,
 """
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 
 __version__ = "0.1.0"
 
-_MODULES = ("adapter", "checkpoint", "cli", "contract", "data", "diagnostics", "distributed", "errors", "estimators", "evaluate", "explorer", "extended", "guides",
-            "hooks", "likelihoods", "model", "networks", "plots", "priors", "quality", "train", "util")
+#: the public modules, by the short name ``pv.<name>`` gives them -> where they live in the package
+_MODULES = {"checks": "checks", "cli": "cli", "data": "data", "errors": "errors", "evaluate": "evaluate",
+            "extended": "extended", "files": "files",
+            "networks": "parts.networks", "priors": "parts.priors", "likelihoods": "parts.likelihoods",
+            "posteriors": "parts.posteriors", "guides": "parts.posteriors",
+            "model": "models.vae", "adapter": "models.wrapped", "contract": "models.contract",
+            "diagnostics": "evaluate.diagnostics", "quality": "evaluate.quality",
+            "estimators": "inference.estimators", "fast": "inference.replay",
+            "hooks": "training.hooks", "train": "training.fit", "distributed": "training.processes",
+            "checkpoint": "runs", "plots": "viz.figures", "explorer": "viz.explorer",
+            "util": "checks"}
 #: name -> the module that defines it
-_NAMES = {"VAE": "model", "build_vae": "model", "fit": "train", "load_run": "checkpoint",
-          "check_model": "contract", "wrap": "adapter",
-          "resolve_device": "distributed", "PyroVAEError": "errors", "DataError": "errors", "ConfigError": "errors",
-          "CheckpointError": "errors", "TrainingError": "errors"}
+_NAMES = {"VAE": "models.vae", "build_vae": "models.registry", "fit": "training.fit", "load_run": "runs.folder",
+          "check_model": "models.contract", "wrap": "models.wrapped",
+          "resolve_device": "training.processes", "PyroVAEError": "errors", "DataError": "errors",
+          "ConfigError": "errors", "CheckpointError": "errors", "TrainingError": "errors"}
 
 __all__ = list(_NAMES) + ["data", "diagnostics", "estimators", "evaluate", "extended", "hooks", "likelihoods",
-                          "networks", "plots", "priors", "quality"]
+                          "networks", "plots", "posteriors", "priors", "quality"]
+
+
+class _ShortNames(importlib.abc.MetaPathFinder):
+    """``import pyro_vae.priors`` (and ``from pyro_vae.priors import ...``) load the module where it lives now
+    (:data:`_MODULES`), so code written against the short names keeps working."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        prefix, _, short = fullname.rpartition(".")
+        if prefix != __name__ or short not in _MODULES or _MODULES[short] == short:
+            return None
+        return importlib.util.spec_from_loader(fullname, _Alias(f"{__name__}.{_MODULES[short]}"))
+
+
+class _Alias(importlib.abc.Loader):
+    def __init__(self, target):
+        self.target = target
+
+    def create_module(self, spec):
+        return importlib.import_module(self.target)
+
+    def exec_module(self, module):
+        pass
+
+
+sys.meta_path.append(_ShortNames())
 
 
 def __getattr__(name):
     if name in _MODULES:
-        return importlib.import_module(f"{__name__}.{name}")
+        return importlib.import_module(f"{__name__}.{_MODULES[name]}")
     if name in _NAMES:
         value = getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
         globals()[name] = value   # later lookups skip this function

@@ -33,14 +33,12 @@ import time
 import warnings
 
 import torch
-from pyro.poutine.messenger import Messenger
-from pyro.poutine.subsample_messenger import _Subsample
 from tqdm.auto import tqdm
 
-from . import evaluate
-from .checkpoint import BEST
-from .errors import CheckpointError, ConfigError, TrainingError
-from .util import forked_rng
+from ..evaluate import scores as evaluate
+from ..runs.checkpoint import BEST
+from ..errors import CheckpointError, ConfigError, TrainingError
+from ..checks import forked_rng
 
 #: a training objective or test ELBO this many times larger in size than the first epoch's has diverged,
 #: even while it is still finite (it would overflow soon, and the run is lost either way)
@@ -125,24 +123,6 @@ class Hooks:
 
 
 # --- the KL weight --------------------------------------------------------------------------------
-
-
-class LatentWeight(Messenger):
-    """Scales the log-density of every latent (not observed) sample site by :attr:`value`.
-
-    Applied from outside to both the model and the guide, it turns the ELBO into the beta-VAE objective
-    E_q[log p(x|z)] - beta KL(q || p) for any model: each latent site's log p and log q are weighted alike,
-    observed sites not at all, whatever sites a subclass adds.
-    """
-
-    def __init__(self, value=1.0):
-        super().__init__()
-        self.value = value
-
-    def _process_message(self, msg):
-        if msg["type"] == "sample" and not msg["is_observed"] and self.value != 1.0 \
-                and not isinstance(msg["fn"], _Subsample):   # a plate's own index site has no density
-            msg["scale"] = self.value * msg["scale"]
 
 
 class KLWeight(Hook):
@@ -427,7 +407,7 @@ class TensorBoard(Hook):
             self.writer.add_scalar("test/active_units", evaluate.active_units(vae, test), epoch)
         covariates = getattr(trainer.train, "covariates", None) is not None   # pictures would need them
         if not covariates and (epoch % self.image_every == 0 or epoch == trainer.settings.epochs or trainer.stop):
-            from .plots import image_grid
+            from ..viz.figures import image_grid
             with torch.no_grad(), evaluate.eval_mode(vae):
                 shown = (test if test is not None else trainer.train).images[: self.num_images]
                 labels = (test if test is not None else trainer.train).labels
@@ -520,6 +500,6 @@ class RunFiles(Hook):
             warnings.warn("the standard pictures are not drawn for data with covariates: call pv.plots with your "
                           "model's own sampling and decoding", UserWarning, stacklevel=2)
         elif self.pictures:
-            from . import plots   # matplotlib only when pictures are drawn
+            from ..viz import figures as plots   # matplotlib only when pictures are drawn
             plots.save_all(vae, trainer.train.images, trainer.train.labels, None if test is None else test.images,
                            trainer.history, trainer.run.path, test_labels=None if test is None else test.labels)

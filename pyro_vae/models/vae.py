@@ -1,19 +1,18 @@
 """The variational autoencoder of Kingma & Welling (2014) as a Pyro model/guide pair, and how a saved config
 turns back into a model (:func:`build_vae`)."""
 
-import re
-
 from torch import nn
 
 import pyro
 import pyro.poutine as poutine
 
-from . import guides as guides_module
-from . import likelihoods as likelihoods_module
-from . import networks as networks_module
-from . import priors as priors_module
-from .errors import ConfigError
-from .util import MAX_LATENT_DIM, image_shape as image_shape_of, positive_int
+from ..parts import likelihoods as likelihoods_module
+from ..parts import networks as networks_module
+from ..parts import posteriors as guides_module
+from ..parts import priors as priors_module
+from ..parts.config import ROLES, BuildsItsOwn, check_part, construct, describe, rebuild_part
+from ..errors import ConfigError
+from ..checks import MAX_LATENT_DIM, image_shape as image_shape_of, positive_int
 
 
 class VAE(nn.Module):
@@ -235,12 +234,12 @@ class VAE(nn.Module):
         extra = {k: v for k, v in config.items() if k not in ("model", "image_shape", "latent_dim") + ROLES}
         if not all(isinstance(k, str) for k in extra):
             raise ConfigError("config has entries whose names are not strings; restore the run's config.json")
-        own = cls not in model_classes().values()
+        own = not cls.__module__.startswith("pyro_vae.")   # a class of the user's own
         while True:
             try:
-                return _construct("model", cls, image_shape=shape, latent_dim=latent_dim, **parts, **extra,
+                return construct("model", cls, image_shape=shape, latent_dim=latent_dim, **parts, **extra,
                                   user_class=own)
-            except _BuildsItsOwn as e:
+            except BuildsItsOwn as e:
                 # the class builds this part itself (e.g. a decoder sized for extra inputs) and passes it on to
                 # VAE: the rebuilt one is not needed, and the checkpoint's weights fill the class's own
                 if e.part in passed or e.part not in parts:
@@ -256,153 +255,7 @@ class VAE(nn.Module):
         return rebuild_part(role, config.get(role), image_shape, latent_dim, params_per_pixel=params_per_pixel)
 
 
-#: the base class each part must be an instance of, and an example of one
-PART_BASES = {"encoder": (nn.Module, "pv.networks.MLPEncoder(image_shape, latent_dim)"),
-              "decoder": (nn.Module, "pv.networks.MLPDecoder(image_shape, latent_dim)"),
-              "prior": (priors_module.Prior, "pv.priors.VampPrior(500)"),
-              "likelihood": (likelihoods_module.Likelihood, "pv.likelihoods.ContinuousBernoulli()"),
-              "posterior": (guides_module.Posterior, "pv.guides.IAF(2)")}
-
-
-def check_part(role, part):
-    """Refuse (:class:`ConfigError`) a part that is not an instance of its base class (``None`` is the default).
-
-    A string (``prior="vamp"``: names are the CLI's), a class instead of an instance
-    (``prior=pv.priors.VampPrior``) and any other object each get a one-line message with an example.
-    """
-    if part is None:
-        return
-    base, example = PART_BASES[role]
-    if isinstance(part, str):
-        raise ConfigError(f"{role} must be an object, e.g. {role}={example}, not the name {part!r:.40} "
-                          f"(names are for the pyro-vae command line)")
-    if isinstance(part, type):
-        hint = f"{role}={part.__name__}(...)" if issubclass(part, base) else f"{role}={example}"
-        raise ConfigError(f"{role} must be an instance, got the class {part.__name__}; pass {hint}")
-    if not isinstance(part, base):
-        kind = "torch.nn.Module" if base is nn.Module else f"pv.{base.__module__.split('.')[-1]}.{base.__name__}"
-        raise ConfigError(f"{role} must be a {kind}, got {type(part).__name__}; e.g. {role}={example}")
-
-
 def uses_labels(vae):
     """Whether ``vae`` takes labels in ``encode``/``generate``/``reconstruct`` (its :attr:`VAE.label_role` is not
     ``"ignored"``); models without the attribute are taken to ignore them."""
     return getattr(vae, "label_role", "ignored") != "ignored"
-
-
-def describe(part):
-    """``{"class": name, "kwargs": {...}}`` for a part that can describe itself (``config()``), else ``None``."""
-    if not hasattr(part, "config") or not callable(part.config):
-        return None
-    return {"class": type(part).__name__, "kwargs": part.config()}
-
-
-ROLES = ("encoder", "decoder", "prior", "likelihood", "posterior")
-#: The part classes a config may name, by role: only this package's own, so a crafted config.json cannot
-#: construct anything else (a user's own part is passed to :func:`build_vae` / ``load_run`` instead).
-PART_CLASSES = {
-    "encoder": (networks_module.MLPEncoder, networks_module.ConvEncoder),
-    "decoder": (networks_module.MLPDecoder, networks_module.ConvDecoder),
-    "prior": (priors_module.StandardNormal, priors_module.LearnedNormal, priors_module.MixtureOfGaussians,
-              priors_module.VampPrior, priors_module.FlowPrior),
-    "likelihood": (likelihoods_module.Bernoulli, likelihoods_module.ContinuousBernoulli, likelihoods_module.Normal,
-                   likelihoods_module.Laplace, likelihoods_module.DiscretizedLogistic, likelihoods_module.Beta),
-    "posterior": (guides_module.DiagonalNormal, guides_module.IAF),
-}
-
-
-def model_classes():
-    """The model classes a config may name by itself: this package's own, by class name."""
-    from . import extended   # built on this module, so imported when needed
-    return {cls.__name__: cls for cls in (VAE, extended.ConditionalVAE, extended.M2, extended.GMVAE,
-                                           extended.HierarchicalVAE)}
-
-
-class _BuildsItsOwn(Exception):
-    """A constructor got a part twice: from its caller and from its own code (``part`` names it)."""
-
-    def __init__(self, part):
-        super().__init__(part)
-        self.part = part
-
-
-def _construct(what, cls, *args, user_class=False, **kwargs):
-    try:
-        return cls(*args, **kwargs)
-    except ConfigError:
-        raise
-    except TypeError as e:
-        twice = re.search(r"got multiple values for keyword argument '(\w+)'", str(e))
-        if what == "model" and twice and twice.group(1) in ROLES:
-            raise _BuildsItsOwn(twice.group(1)) from None
-        _refused(what, cls, e, user_class)
-    except (ValueError, RuntimeError, OverflowError) as e:
-        _refused(what, cls, e, user_class)
-
-
-def _refused(what, cls, error, user_class):
-    reason = " ".join(str(error).split())[:160]
-    if user_class:   # the config came from the class's own `config`; the class is what disagrees with it
-        raise ConfigError(f"{cls.__name__}(...) refused the arguments its config records ({reason}); give its "
-                          f"constructor a parameter for each entry its config adds, or override from_config") from None
-    raise ConfigError(f"config for the {what} {cls.__name__} is invalid ({reason}); restore the run's config.json") \
-        from None
-
-
-def rebuild_part(role, spec, *args, classes=None, **kwargs):
-    """Construct the part a config entry ``{"class": name, "kwargs": {...}}`` names.
-
-    :param str role: ``"encoder"``, ``"decoder"``, ``"prior"``, ``"likelihood"`` or ``"posterior"``.
-    :param classes: the classes the entry may name (default :data:`PART_CLASSES` of the role).
-    :param args: positional arguments before the recorded keywords (e.g. ``image_shape, latent_dim``).
-    :raises ConfigError: a malformed entry, a class not among ``classes``, or arguments it refuses.
-    """
-    if spec is None:
-        raise ConfigError(f"this run used a custom {role}; pass {role}=... to rebuild it")
-    if not (isinstance(spec, dict) and isinstance(spec.get("class"), str) and isinstance(spec.get("kwargs", {}), dict)):
-        raise ConfigError(f"config entry for the {role} must be {{'class': name, 'kwargs': {{...}}}}, got {spec!r:.80}")
-    known = {cls.__name__: cls for cls in (classes if classes is not None else PART_CLASSES[role])}
-    if spec["class"] not in known:
-        raise ConfigError(f"config names an unknown {role} class {spec['class']!r:.60}; known: {', '.join(sorted(known))} "
-                          f"(pass a {role} of your own as {role}=...)")
-    kwargs = {**spec.get("kwargs", {}), **kwargs}
-    if not all(isinstance(k, str) for k in kwargs):
-        raise ConfigError(f"config entry for the {role} has keyword names that are not strings")
-    return _construct(role, known[spec["class"]], *args, **kwargs)
-
-
-def build_vae(config, model_class=None, **parts):
-    """Rebuild a model (untrained) from its :attr:`VAE.config`.
-
-    :param dict config: as stored in a run's ``config.json`` (its ``"vae"`` entry).
-    :param model_class: the class to rebuild, required when the config names a class of your own (a
-        subclass of :class:`VAE`); by default one of this package's models, looked up by name.
-    :param parts: modules that replace the recorded parts, required where the config records a part of
-        your own as ``None``: ``encoder``, ``decoder``, ``prior``, ``likelihood``, ``posterior``, and
-        model-specific ones such as M2's ``classifier``.
-    :raises ConfigError: a malformed config, an unknown class, or a part it cannot rebuild.
-    """
-    if not isinstance(config, dict):
-        raise ConfigError(f"a model config must be a dict, got {type(config).__name__}")
-    name = config.get("model", "VAE")
-    if not isinstance(name, str):
-        raise ConfigError(f"config names the model {name!r:.60}; expected a class name")
-    if config.get("wrapped") is not None:   # a Pyro model/guide pair of the user's (pv.wrap)
-        from .adapter import Wrapped   # built on this module
-        if model_class is not None and name != model_class.__name__:
-            raise ConfigError(f"the config describes a wrapped {name!r:.60}, not a {model_class.__name__}; pass the "
-                              f"class the run was trained with")
-        return Wrapped.from_config(config, model_class)
-    if model_class is not None:
-        if not (isinstance(model_class, type) and hasattr(model_class, "from_config")):
-            raise ConfigError(f"model_class must be a model class with from_config (e.g. a VAE subclass), got "
-                              f"{model_class!r:.60}")
-        if name != model_class.__name__:
-            raise ConfigError(f"the config describes a {name!r:.60}, not a {model_class.__name__}; pass the class "
-                              f"the run was trained with")
-        return model_class.from_config(config, **parts)
-    known = model_classes()
-    if name not in known:
-        raise ConfigError(f"config names the model {name!r:.60}, which is not one of this package's "
-                          f"({', '.join(sorted(known))}); pass your class: model_class={name:.60}")
-    return known[name].from_config(config, **parts)

@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from pyro_vae import plots
-from pyro_vae.model import uses_labels
+from . import figures as plots
+from ..models.vae import uses_labels
 
 __all__ = ["write_html", "explore"]
 
@@ -277,7 +277,8 @@ def _figure_uri(fig) -> str:
 
 def _diagnostics_section(metrics: dict) -> str:
     """The diagnostics of ``pyro-vae evaluate --diagnostics``: their picture, the gaps and the sample quality."""
-    from pyro_vae import diagnostics, quality
+    from ..evaluate import diagnostics
+    from ..evaluate import quality
     d = metrics["diagnostics"]
     rows = [("log p(x)", f"{d['log_likelihood']:.2f} nats (K={d['num_samples']}, first {d['num_images']} images)"),
             ("ELBO of the encoder's q", f"{d['elbo_encoder']:.2f}"),

@@ -30,8 +30,9 @@ import torch
 import pyro
 import pyro.poutine as poutine
 from pyro.infer import RenyiELBO
+from pyro.poutine.util import site_is_subsample
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 
 #: images of the batch the contract is checked on: few, as every check is about shapes and names, and a prime,
 #: so that a batch dimension is not mistaken for another one of the same size (an enumeration, a latent)
@@ -121,7 +122,7 @@ def sample_sites(trace):
     """The sample sites of a trace by name, without plates' subsample sites and auxiliary sites."""
     return {name: site for name, site in trace.nodes.items()
             if site["type"] == "sample" and not site["infer"].get("is_auxiliary")
-            and type(site["fn"]).__name__ != "_Subsample"}
+            and not site_is_subsample(site)}
 
 
 def _where(name, role):
@@ -183,7 +184,7 @@ def check_networks(vae, x):
     ``(loc, scale)``, each ``(N, latent_dim)``; the decoder returns the likelihood's parameters
     ``(N, P*C, H, W)``. Checked only where the class keeps the base ``model``/``guide`` (a subclass that
     overrides them feeds its networks other inputs)."""
-    from .model import VAE   # the contract is below the models; only this check knows the base class
+    from .vae import VAE   # the contract is below the models; only this check knows the base class
     if not isinstance(vae, VAE):
         return
     n, latent = x.shape[0], vae.latent_dim
@@ -231,7 +232,7 @@ def check_model(vae, data, y=None, loss=None, **inputs):
         if not callable(getattr(vae, part, None)):
             raise ConfigError(f"{type(vae).__name__} has no {part}() method; pass a pv.VAE (or subclass), or wrap "
                               f"your Pyro model and guide with pv.wrap(module, image_shape=...)")
-    from .util import forked_rng
+    from ..checks import forked_rng
     device = device_of(vae)
     if isinstance(data, torch.Tensor):
         x = data[:CHECK_IMAGES].to(device)

@@ -31,8 +31,8 @@ import zlib
 import numpy as np
 import torch
 
-from .errors import ConfigError, DataError, DownloadError
-from .util import MAX_VALUES_PER_IMAGE
+from ..errors import ConfigError, DataError, DownloadError
+from ..checks import MAX_VALUES_PER_IMAGE
 
 __all__ = [
     "BINARIZATIONS",
@@ -959,7 +959,7 @@ def _check_headers(paths, folder, limit):
     if math.prod(shape) > MAX_VALUES_PER_IMAGE:   # no model takes them: refused before gigabytes are decoded
         raise DataError(f"images in {folder!r} are {size[0]}x{size[1]} pixels with {shape[0]} channel(s): "
                         f"{math.prod(shape):,} values per image, above the limit of {MAX_VALUES_PER_IMAGE:,} "
-                        f"(pyro_vae.util.MAX_VALUES_PER_IMAGE); resize them")
+                        f"(pyro_vae.checks.MAX_VALUES_PER_IMAGE); resize them")
     _check_image_bytes(len(paths), shape, folder, limit)
 
 
@@ -1166,7 +1166,7 @@ def _npy_headers(members, path, limit):
     values = math.prod(shape[1:])
     if values > MAX_VALUES_PER_IMAGE:
         raise DataError(f"images in {path!r} have shape {shape}: {values:,} values per image, above the limit of "
-                        f"{MAX_VALUES_PER_IMAGE:,} (pyro_vae.util.MAX_VALUES_PER_IMAGE); use smaller images")
+                        f"{MAX_VALUES_PER_IMAGE:,} (pyro_vae.checks.MAX_VALUES_PER_IMAGE); use smaller images")
     count = shape[0]
     if "labels" in headers and headers["labels"][0] != (count,):
         raise DataError(f"labels in {path!r} have shape {headers['labels'][0]}, expected ({count},): one class "

@@ -16,13 +16,23 @@ import math
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .util import MAX_LATENT_DIM, MAX_WIDTH, parameter_budget, positive, positive_int
-from .util import image_shape as image_shape_of
+from ..errors import ConfigError
+from ..checks import MAX_CLASSES, MAX_LATENT_DIM, MAX_WIDTH, parameter_budget, positive, positive_int
+from ..checks import image_shape as image_shape_of
 
 
-def _widths(hidden):
-    return [positive_int("hidden width", h, MAX_WIDTH) for h in hidden]
+def widths(hidden, name="hidden", required=False):
+    """The hidden widths ``hidden`` as ints, each checked (``required``: at least one layer)."""
+    out = [positive_int(f"{name} width", h, MAX_WIDTH) for h in hidden]
+    if required and not out:
+        raise ConfigError(f"{name} needs at least one hidden layer, got {list(hidden)!r}")
+    return out
+
+
+def concat(a, b):
+    """``[a, b]`` along the last dim, after broadcasting the leading (sample, enumeration, batch) dims."""
+    batch = torch.broadcast_shapes(a.shape[:-1], b.shape[:-1])
+    return torch.cat([a.expand(batch + a.shape[-1:]), b.expand(batch + b.shape[-1:])], dim=-1)
 
 
 #: the element-wise torch.nn activations a network may be built with, by name (a name keeps a run's config
@@ -39,7 +49,7 @@ def _activation(name):
     return getattr(nn, name)
 
 
-def _mlp(sizes, activation, who):
+def mlp(sizes, activation, who):
     parameter_budget(who, sum(fan_in * fan_out + fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:])))
     layers = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -77,9 +87,9 @@ class MLPEncoder(nn.Module):
         super().__init__()
         self.image_shape = image_shape_of(image_shape)
         self.latent_dim = positive_int("latent_dim", latent_dim, MAX_LATENT_DIM)
-        self.hidden = _widths(hidden)
+        self.hidden = widths(hidden)
         self.activation = activation
-        self.net = _mlp([math.prod(self.image_shape), *self.hidden, 2 * self.latent_dim], _activation(activation),
+        self.net = mlp([math.prod(self.image_shape), *self.hidden, 2 * self.latent_dim], _activation(activation),
                         "MLPEncoder")
 
     def config(self):
@@ -109,9 +119,9 @@ class MLPDecoder(nn.Module):
         self.image_shape = image_shape_of(image_shape)
         c, h, w = self.image_shape
         self.out_shape = (params_per_pixel * c, h, w)
-        self.hidden = _widths(hidden)
+        self.hidden = widths(hidden)
         self.activation = activation
-        self.net = _mlp([positive_int("latent_dim", latent_dim, MAX_LATENT_DIM), *self.hidden, math.prod(self.out_shape)],
+        self.net = mlp([positive_int("latent_dim", latent_dim, MAX_LATENT_DIM), *self.hidden, math.prod(self.out_shape)],
                         _activation(activation), "MLPDecoder")
 
     def config(self):
@@ -196,3 +206,77 @@ class ConvDecoder(nn.Module):
         out = _run_batched(self.deconv, h, 3)
         # the transposed convolutions produce a multiple of 4; crop back to the image size
         return out[..., : self.out_shape[1], : self.out_shape[2]]
+
+
+# --- networks for models with labels and for classifying images ----------------------------------
+
+
+class LabelledMLPEncoder(nn.Module):
+    """Network of q(z|x, y): an MLP on the pixels of ``x`` concatenated with the one-hot label ``y``.
+
+    :param tuple image_shape: ``(C, H, W)`` of one image.
+    :param int latent_dim: size of z.
+    :param int num_classes: size of the one-hot label.
+    :param tuple hidden: widths of the hidden layers (at least one).
+    """
+
+    def __init__(self, image_shape, latent_dim, num_classes, hidden=(512, 256)):
+        super().__init__()
+        self.image_shape = image_shape_of(image_shape)
+        self.hidden = widths(hidden, "LabelledMLPEncoder", required=True)
+        latent_dim = positive_int("latent_dim", latent_dim, MAX_LATENT_DIM)
+        # The first layer on [x, y] is W [x; y] = W_x x + W_y y. Keeping the two halves apart means that
+        # when y is enumerated over K classes (M2), the image half is computed once instead of K times.
+        num_classes = positive_int("num_classes", num_classes, MAX_CLASSES)
+        parameter_budget("LabelledMLPEncoder", (math.prod(self.image_shape) + 1 + num_classes) * self.hidden[0])
+        self.x_in = nn.Linear(math.prod(self.image_shape), self.hidden[0])
+        self.y_in = nn.Linear(num_classes, self.hidden[0], bias=False)
+        self.rest = nn.Sequential(nn.Softplus(), mlp([*self.hidden, 2 * latent_dim], nn.Softplus,
+                                                                      "LabelledMLPEncoder"))
+
+    def config(self):
+        return {"hidden": self.hidden}
+
+    def forward(self, x, y):
+        """:param x: images ``(..., C, H, W)``. :param y: one-hot labels ``(..., num_classes)``, leading dims
+        broadcastable with those of ``x``. :returns: ``(loc, scale)``, each ``(broadcast..., latent_dim)``."""
+        loc, raw_scale = self.rest(self.x_in(x.flatten(-3)) + self.y_in(y)).chunk(2, dim=-1)
+        return loc, positive(raw_scale)
+
+
+class MLPClassifier(nn.Module):
+    """Network of q(y|x): an MLP from pixels to class logits.
+
+    :param tuple image_shape: ``(C, H, W)`` of one image.
+    :param int num_classes: number of classes K.
+    :param tuple hidden: widths of the hidden layers.
+    """
+
+    def __init__(self, image_shape, num_classes, hidden=(512,)):
+        super().__init__()
+        self.hidden = widths(hidden, "MLPClassifier", required=True)
+        self.net = mlp([math.prod(image_shape_of(image_shape)), *self.hidden,
+                                         positive_int("num_classes", num_classes, MAX_CLASSES)], nn.Softplus,
+                                         "MLPClassifier")
+
+    def forward(self, x):
+        """:param x: images ``(..., C, H, W)``. :returns: logits ``(..., num_classes)``."""
+        return self.net(x.flatten(-3))
+
+
+class GaussianMLP(nn.Module):
+    """An MLP mapping a code ``(..., in_dim)`` to the ``(loc, scale)`` of a diagonal Normal over ``out_dim``.
+
+    Used for the conditionals p(z1|z2) and q(z2|z1) of :class:`HierarchicalVAE`.
+    """
+
+    def __init__(self, in_dim, out_dim, hidden=(256,)):
+        super().__init__()
+        self.net = mlp([positive_int("in_dim", in_dim, MAX_LATENT_DIM), *widths(hidden, "GaussianMLP", required=True),
+                                         2 * positive_int("out_dim", out_dim, MAX_LATENT_DIM)], nn.Softplus,
+                                         "GaussianMLP")
+
+    def forward(self, h):
+        """:param h: ``(..., in_dim)``. :returns: ``(loc, scale)``, each ``(..., out_dim)``, scale > 0."""
+        loc, raw_scale = self.net(h).chunk(2, dim=-1)
+        return loc, positive(raw_scale)

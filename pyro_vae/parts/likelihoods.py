@@ -20,8 +20,8 @@ from torch import nn
 import pyro.distributions as dist
 from pyro.distributions import constraints
 
-from .errors import ConfigError, DataError
-from .util import MIN_SCALE, positive  # noqa: F401 (MIN_SCALE: the floor every scale here has)
+from ..errors import ConfigError, DataError
+from ..checks import MIN_SCALE, positive  # noqa: F401 (MIN_SCALE: the floor every scale here has)
 
 
 class Likelihood(nn.Module):

@@ -46,7 +46,7 @@ from pyro.infer import JitTrace_ELBO, Trace_ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import _PYRO_STACK
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 #: ways :func:`make_step` can run the estimator
 MODES = ("replay", "compile", "eager")

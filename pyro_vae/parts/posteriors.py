@@ -12,8 +12,8 @@ import pyro.distributions as dist
 from pyro.distributions.transforms import AffineAutoregressive, ConditionalAffineAutoregressive
 from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
 
-from .errors import ConfigError
-from .util import (MAX_COMPONENTS, MAX_LATENT_DIM, MAX_WIDTH, alternating_order, autoregressive_weights,
+from ..errors import ConfigError
+from ..checks import (MAX_COMPONENTS, MAX_LATENT_DIM, MAX_WIDTH, alternating_order, autoregressive_weights,
                    parameter_budget, positive_int)
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def resolve_device(device="auto"):

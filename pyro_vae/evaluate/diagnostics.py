@@ -28,10 +28,10 @@ import pyro.poutine as poutine
 from pyro.infer import Trace_ELBO
 from pyro.poutine.util import site_is_subsample
 
-from . import evaluate
-from .errors import ConfigError, DataError
-from .evaluate import eval_mode
-from .util import chunks, positive_int
+from . import scores as evaluate
+from ..errors import ConfigError, DataError
+from .scores import eval_mode
+from ..checks import chunks, positive_int
 
 __all__ = ["kl_per_dim", "mutual_information", "refine_posterior", "posterior_gaps", "diagnose", "plot"]
 
@@ -395,7 +395,7 @@ def posterior_gaps(vae, data, limit=100, num_samples=1000, steps=300, lr=0.02, n
 
 
 def _labelled(x, y):
-    from .data import from_tensor   # only for conditional models
+    from ..data.core import from_tensor   # only for conditional models
     return from_tensor(x.cpu(), labels=y.cpu()).to(x.device)
 
 

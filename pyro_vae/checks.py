@@ -115,7 +115,7 @@ def parameter_budget(who, count, buffers=0):
         largest = max(tally["parts"], key=tally["parts"].get)
         raise BudgetError(f"the model would have at least {tally['weights']:,} weights, {_gib(needed)} to train with "
                           f"gradients and Adam's state, above the budget of {_gib(MAX_MODEL_BYTES)} "
-                          f"(pyro_vae.util.MAX_MODEL_BYTES), its largest part {largest} having "
+                          f"(pyro_vae.checks.MAX_MODEL_BYTES), its largest part {largest} having "
                           f"{tally['parts'][largest]:,} weights; use smaller hidden widths", who, largest)
 
 

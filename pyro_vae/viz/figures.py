@@ -28,9 +28,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid
 
-from pyro_vae.errors import ConfigError, DataError
-from pyro_vae.model import VAE, uses_labels
-from pyro_vae.util import MAX_IMAGES, forked_rng, positive_int
+from ..errors import ConfigError, DataError
+from ..models.vae import VAE, uses_labels
+from ..checks import MAX_IMAGES, forked_rng, positive_int
 
 __all__ = [
     "image_grid",

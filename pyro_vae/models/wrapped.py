@@ -21,9 +21,9 @@ from torch import nn
 import pyro.poutine as poutine
 
 from .contract import call_with, check_model, device_of, sample_sites
-from .errors import ConfigError
-from .model import VAE
-from .util import image_shape as image_shape_of
+from ..errors import ConfigError
+from .vae import VAE
+from ..checks import image_shape as image_shape_of
 
 
 class Wrapped(nn.Module):

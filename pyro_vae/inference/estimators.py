@@ -25,8 +25,8 @@ import pyro.poutine as poutine
 from pyro.infer.elbo import ELBO
 from pyro.poutine.util import site_is_subsample
 
-from .errors import ConfigError
-from .util import positive_int
+from ..errors import ConfigError
+from ..checks import positive_int
 
 __all__ = ["IWAE", "GRADIENTS"]
 

@@ -28,15 +28,19 @@ from pyro.infer import (JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO, Ji
                         Trace_ELBO)
 from pyro.ops.jit import CompiledFunction
 
-from . import distributed as parallel
-from . import evaluate, fast
+from . import processes as parallel
+from ..evaluate import scores as evaluate
+from ..inference import replay as fast
+from ..inference.traces import LatentWeight
 from . import hooks as hooks_module
-from .checkpoint import CONFIG, RunFolder, load_state, save_json
-from .contract import check_model, default_loss, enumerates
-from .distributed import resolve_device  # noqa: F401 (part of this module's interface since the start)
-from .errors import CheckpointError, ConfigError
-from .model import build_vae
-from .util import forked_rng, positive_int, positive_number
+from ..files import save_json
+from ..runs.checkpoint import load_state
+from ..runs.folder import CONFIG, RunFolder
+from ..models.contract import check_model, default_loss, enumerates
+from .processes import resolve_device  # noqa: F401 (part of this module's interface since the start)
+from ..errors import CheckpointError, ConfigError
+from ..models.registry import build_vae
+from ..checks import forked_rng, positive_int, positive_number
 
 #: Pyro's ELBOs that trace the model and guide once with ``torch.jit`` and replay the compiled graph
 JIT_ELBOS = (JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO, JitTraceMeanField_ELBO)
@@ -89,7 +93,7 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
     :param bool progress: show progress bars (training, and the final evaluation).
     :param float clip_norm: clip the gradient norm to this value (off by default).
     :param float beta: weight of every latent site of model and guide, positive: ``beta > 1`` gives a
-        beta-VAE, whatever sites the model has (see :class:`~pyro_vae.hooks.LatentWeight`).
+        beta-VAE, whatever sites the model has (see :class:`~pyro_vae.inference.traces.LatentWeight`).
     :param int warmup: KL warm-up: the weight grows linearly, ``beta * min(1, epoch / warmup)``.
         (Neither works with the JIT ELBOs, which freeze the weight in their compiled graph.)
     :param bool distributed: data-parallel training over the processes started by ``torchrun``
@@ -315,7 +319,7 @@ class Trainer:
         self.optimizer = (optimizer or torch.optim.Adam)(self.parameters, lr=settings.lr)
         loss = loss if loss is not None else Trace_ELBO()
         self.elbo = _without_compiled_graphs(loss) if isinstance(loss, JIT_ELBOS) else loss
-        self.kl_weight = hooks_module.LatentWeight(1.0)
+        self.kl_weight = LatentWeight(1.0)
         self.batch_size = settings.batch_size
         self._replay_check = None
         self.step = self._choose_step(contract)

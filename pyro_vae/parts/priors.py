@@ -19,8 +19,8 @@ import pyro.distributions as dist
 from pyro.distributions.transforms import AffineAutoregressive
 from pyro.nn import AutoRegressiveNN
 
-from .errors import ConfigError
-from .util import (MAX_COMPONENTS, MAX_LATENT_DIM, MAX_WIDTH, alternating_order, autoregressive_weights,
+from ..errors import ConfigError
+from ..checks import (MAX_COMPONENTS, MAX_LATENT_DIM, MAX_WIDTH, alternating_order, autoregressive_weights,
                    parameter_budget, positive, positive_int, positive_number)
 
 

@@ -28,9 +28,9 @@ import os
 import torch
 from torch import nn
 
-from .errors import CheckpointError, DataError
-from .evaluate import eval_mode
-from .util import chunks, positive_int
+from ..errors import CheckpointError, DataError
+from .scores import eval_mode
+from ..checks import chunks, positive_int
 
 __all__ = ["train_classifier", "classifier_for", "features", "frechet_distance", "precision_recall",
            "model_samples", "sample_quality", "posterior_predictive", "plot_posterior_predictive"]
@@ -54,7 +54,7 @@ def _num_classes(*datasets):
 
 
 def _build(config):
-    from .extended import MLPClassifier   # extended builds on the model module; imported when needed
+    from ..models.extended import MLPClassifier   # extended builds on the model module; imported when needed
     return MLPClassifier(tuple(config["image_shape"]), config["num_classes"], hidden=tuple(config["hidden"]))
 
 
@@ -127,7 +127,7 @@ def classifier_for(train, test, cache=None, **settings):
             return classifier.eval(), {"config": wanted, "test_accuracy": saved["test_accuracy"], "cached": True}
     classifier, info = train_classifier(train, test, **settings)
     if cache is not None:
-        from .checkpoint import save_checkpoint
+        from ..runs.checkpoint import save_checkpoint
         save_checkpoint({"state_dict": classifier.state_dict(), "config": info["config"],
                          "test_accuracy": info["test_accuracy"]}, cache)
     return classifier.eval(), {**info, "cached": False}
