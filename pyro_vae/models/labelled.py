@@ -60,6 +60,7 @@ class ConditionalVAE(VAE):
     """
 
     label_role = "conditioned"
+    classifies = True
 
     def __init__(self, image_shape=(1, 28, 28), latent_dim=32, num_classes=10, encoder=None, decoder=None,
                  prior=None, likelihood=None, posterior=None, hidden=(512, 256)):

@@ -70,6 +70,12 @@ class VAE(nn.Module):
     #: so scores sum it out and bound log p(x); :class:`~pyro_vae.extended.M2`).
     label_role = "ignored"
 
+    #: the number of label classes K of a model that uses labels (labels are 0..K-1); ``None`` otherwise
+    num_classes = None
+
+    #: whether the model infers labels from images (:meth:`classify`, ``accuracy``, a class per picture row)
+    classifies = False
+
     def __init__(self, image_shape=(1, 28, 28), latent_dim=50, encoder=None, decoder=None, prior=None,
                  likelihood=None, posterior=None, hidden=(400,)):
         super().__init__()
@@ -112,6 +118,10 @@ class VAE(nn.Module):
         """``pyro.module("vae", self)`` unless :attr:`register_params` is off (inside ``fit``)."""
         if self.register_params:
             pyro.module("vae", self)
+
+    def check_data(self, data):
+        """Raise :class:`~pyro_vae.DataError` when ``data`` (an ``ImageDataset``) cannot be fed to this model;
+        a plain VAE takes any images (a model that needs labels overrides this)."""
 
     # --- deterministic helpers for pictures and analysis ---------------------------------------
 

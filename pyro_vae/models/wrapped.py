@@ -45,6 +45,9 @@ class Wrapped(nn.Module):
 
     #: what the pair does with labels: nothing, unless its model takes ``y``
     label_role = "ignored"
+    num_classes = None
+    classifies = False
+    check_data = VAE.check_data
 
     def __init__(self, module, image_shape, code_site=None, obs_site=None, model=None, guide=None, init_kwargs=None,
                  likelihood=None):
