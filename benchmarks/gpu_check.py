@@ -38,15 +38,12 @@ torch or Pyro do not import.
 
 import argparse
 import contextlib
-import glob
 import json
-import math
 import os
 import platform
 import signal
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 import warnings
@@ -56,8 +53,6 @@ ROOT = os.path.dirname(HERE)
 
 #: where Fashion-MNIST is looked for when --data is not given (after $FASHION_MNIST_DIR)
 DATA_DIRS = ("/usr/share/datasets/fashion-mnist", os.path.join(ROOT, ".data", "fashion-mnist"))
-#: the four IDX files of (Fashion-)MNIST, gzipped or not
-IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 #: (stage, share of the time left): each stage gets time_left * share / (sum of the shares still to come)
 STAGES = (("speed", 0.30), ("nosync", 0.05), ("loglik", 0.22), ("launch", 0.15), ("compile", 0.28))
@@ -107,8 +102,10 @@ def traceback_tail(lines=12):
 
 
 def has_idx(folder):
-    return bool(folder) and os.path.isdir(folder) and all(glob.glob(os.path.join(folder, stem + "*"))
-                                                          for stem in IDX_FILES)
+    """Whether ``folder`` holds all four IDX files, found as ``pv.data.load`` finds them
+    (:func:`pyro_vae.data.find_idx_files`: gzipped or not, also in a ``raw/`` subfolder)."""
+    from pyro_vae.data import find_idx_files   # (imported here: --report runs without torch)
+    return bool(folder) and os.path.isdir(folder) and all(find_idx_files(folder))
 
 
 def find_data(requested, smoke):
@@ -116,6 +113,7 @@ def find_data(requested, smoke):
     if requested:
         if requested == "digits" or has_idx(requested):
             return requested, "--data"
+        from pyro_vae.data import IDX_FILES
         raise FileNotFoundError(f"--data {requested}: not a folder holding the four Fashion-MNIST IDX files "
                                 f"({', '.join(IDX_FILES)}, .gz or not)")
     candidates = [("$FASHION_MNIST_DIR", os.environ.get("FASHION_MNIST_DIR"))] + [(d, d) for d in DATA_DIRS]
@@ -408,7 +406,8 @@ def stage_compile(ctx, budget, stage):
                        {"batch_size": batch, "networks": f"784-{speed.HIDDEN}-{speed.LATENT} softplus MLPs",
                         "timed_epoch": 3})
     if mode != "compile":
-        notes.append(f'--smoke on a CPU: compile="{mode}" stands in for "compile" (inductor takes tens of seconds there)')
+        notes.append(f'--smoke on a CPU: compile="{mode}" stands in for "compile" '
+                     '(inductor takes tens of seconds there)')
     return {"rows": rows, "notes": notes, "mode": mode, "num_images": len(train), "batch_size": batch}
 
 
@@ -485,7 +484,8 @@ def parse(argv):
     parser.add_argument("--train-limit", type=int, default=None,
                         help="first N training images in the speed and compile stages (default: all; smoke 256)")
     parser.add_argument("--launch-images", type=int, default=6400, help="training images of the launch stage")
-    parser.add_argument("--num-samples", type=int, default=None, help="K of the log p(x) stage (default 5000; smoke 10)")
+    parser.add_argument("--num-samples", type=int, default=None,
+                        help="K of the log p(x) stage (default 5000; smoke 10)")
     parser.add_argument("--loglik-images", type=int, default=None,
                         help="first N test images for log p(x) (default: all 10,000; smoke 50)")
     parser.add_argument("--loglik-epochs", type=int, default=None, help="training epochs before log p(x) (default 5; "

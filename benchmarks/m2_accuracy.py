@@ -79,8 +79,9 @@ def main(argv=None):
         print(f"{r['labels']:>7} {r['test_accuracy']:>14.4f} {r['epochs']:>7} {r['seconds']:>8.0f}")
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
-        json.dump({"smoke": smoke, "settings": {**vars(args), "smoke": smoke, "train_size": len(train), "test_size": len(test),
-                                "binarize": "dynamic train / static test", "torch_threads": args.threads},
+        json.dump({"smoke": smoke, "settings": {**vars(args), "smoke": smoke, "train_size": len(train),
+                                "test_size": len(test), "binarize": "dynamic train / static test",
+                                "torch_threads": args.threads},
                    "results": results}, f, indent=2)
     print(f"wrote {args.json}")
 

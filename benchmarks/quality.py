@@ -106,7 +106,7 @@ def configurations(epochs=100, test=None, log_dir=None, patience=10):
         "vamp": (lambda shape: pv.VAE(image_shape=shape, prior=pv.priors.VampPrior(100)), {}),
         "iwae5": (lambda shape: pv.VAE(image_shape=shape),
                   {"loss": RenyiELBO(alpha=0, num_particles=5, vectorize_particles=True, max_plate_nesting=1)}),
-        "iaf": (lambda shape: pv.VAE(image_shape=shape, posterior=pv.guides.IAF(num_flows=2)), {}),
+        "iaf": (lambda shape: pv.VAE(image_shape=shape, posterior=pv.posteriors.IAF(num_flows=2)), {}),
         "pyro_vae conv": (lambda shape: pv.VAE(
             image_shape=shape, latent_dim=32,
             encoder=pv.networks.ConvEncoder(shape, 32), decoder=pv.networks.ConvDecoder(shape, 32)), {}),

@@ -6,9 +6,10 @@ Both sides use the *same* networks (the Pyro tutorial's 784-400-50 softplus MLPs
 ``torch.distributions`` (analytic KL, as in pytorch/examples), or as Pyro ``model``/``guide`` functions
 with a Pyro ELBO (through ``pv.fit``, and as the smallest inline Pyro program, to tell pyro_vae's cost
 from Pyro's). A third plain loop computes ``Trace_ELBO``'s estimator (Monte Carlo KL) from
-``torch.distributions`` log-densities, to tell the cost of that estimator from Pyro's handling. Epochs are timed interleaved (A, B, C, A, B, C, ...) so that machine noise hits every
-method alike. Reported: the median epoch, its ratio to the median hand-written epoch, and the median of
-the ratios within each round (paired, so a machine that slows down between rounds does not move it).
+``torch.distributions`` log-densities, to tell the cost of that estimator from Pyro's handling. Epochs are
+timed interleaved (A, B, C, A, B, C, ...) so that machine noise hits every method alike. Reported: the
+median epoch, its ratio to the median hand-written epoch, and the median of the ratios within each round
+(paired, so a machine that slows down between rounds does not move it).
 
     python benchmarks/speed.py                        # CPU, batch sizes 32 128 512, mnist5k (4,000 images)
     python benchmarks/speed.py --device cuda --dataset fashion-mnist   # 60,000 images on a GPU

@@ -100,11 +100,11 @@ def depth(value):
     """How deeply lists and dicts nest in ``value`` (iteratively: a deep value must not exhaust the stack)."""
     deepest, todo = 0, [(value, 1)]
     while todo:
-        item, depth = todo.pop()
+        item, level = todo.pop()
         if isinstance(item, (list, dict)):
-            deepest = max(deepest, depth)
-            if depth <= MAX_JSON_DEPTH:
-                todo.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+            deepest = max(deepest, level)
+            if level <= MAX_JSON_DEPTH:
+                todo.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
     return deepest
 
 
@@ -135,3 +135,10 @@ def load_json(path):
         raise CheckpointError(f"{path} nests more than {MAX_JSON_DEPTH} levels deep, so pyro_vae did not write it; "
                               f"restore it or start a new run")
     return value
+
+
+def save_figure(fig, path, dpi=100):
+    """Write the matplotlib figure ``fig`` to ``path`` as a PNG, atomically, when ``path`` is given; return ``fig``."""
+    if path is not None:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    return fig

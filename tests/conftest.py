@@ -1,4 +1,5 @@
 import os
+import shutil
 
 import pytest
 import torch
@@ -6,6 +7,8 @@ import torch
 import pyro
 
 import pyro_vae as pv
+
+import clirun
 
 # two cores: more threads only add contention
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -58,3 +61,29 @@ def train_small_model():
         pv.fit(vae, train, epochs=2, progress=False, device="cpu")
         return vae.eval()
     return train_model
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` skip on a machine without a GPU (select them with ``-m cuda``)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    """One finished one-epoch run made by ``pyro-vae train`` (in this process), copied by the tests that change it."""
+    folder = tmp_path_factory.mktemp("base") / "run"
+    result = clirun.main_in_process(*clirun.train_args(folder))
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+@pytest.fixture
+def run(base_run, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(base_run, folder)
+    return folder

@@ -35,7 +35,6 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 
 import pyro_vae as pv
-import pyro_vae.plots  # noqa: F401  (pictures: pv.plots)
 
 NAME = "01_vae_from_scratch"
 SMOKE = bool(os.environ.get("CI"))

@@ -29,7 +29,6 @@ from matplotlib.figure import Figure
 import pyro
 
 import pyro_vae as pv
-import pyro_vae.plots  # noqa: F401  (pictures: pv.plots)
 
 NAME = "02_swap_the_prior"
 SMOKE = bool(os.environ.get("CI"))

@@ -30,7 +30,6 @@ import pyro
 import pyro.distributions as dist
 
 import pyro_vae as pv
-import pyro_vae.plots  # noqa: F401  (pictures: pv.plots)
 
 NAME = "03_swap_the_likelihood"
 SMOKE = bool(os.environ.get("CI"))

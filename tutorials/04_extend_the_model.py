@@ -32,7 +32,6 @@ import pyro
 from pyro.infer import TraceEnum_ELBO
 
 import pyro_vae as pv
-import pyro_vae.plots  # noqa: F401  (pictures: pv.plots)
 from pyro_vae.extended import M2, ConditionalVAE, accuracy, keep_labels
 
 NAME = "04_extend_the_model"

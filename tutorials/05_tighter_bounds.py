@@ -92,7 +92,7 @@ setups = {
     "ELBO, 1 sample": (make_vae, Trace_ELBO()),
     f"ELBO, {PARTICLES} samples": (make_vae, Trace_ELBO(**many)),
     f"IWAE, K={PARTICLES}": (make_vae, RenyiELBO(alpha=0, **many)),
-    "ELBO, IAF guide": (lambda: make_vae(posterior=pv.guides.IAF(num_flows=2, hidden=64)), Trace_ELBO()),
+    "ELBO, IAF guide": (lambda: make_vae(posterior=pv.posteriors.IAF(num_flows=2, hidden=64)), Trace_ELBO()),
 }
 models = {}
 for name, (build, loss) in setups.items():

@@ -33,7 +33,6 @@ from matplotlib.figure import Figure
 import pyro
 
 import pyro_vae as pv
-import pyro_vae.plots  # noqa: F401  (pictures: pv.plots)
 
 NAME = "06_aevb_reproduction"
 SMOKE = bool(os.environ.get("CI"))

@@ -36,7 +36,6 @@ from torchvision import datasets, transforms
 import pyro
 
 import pyro_vae as pv
-import pyro_vae.plots  # noqa: F401  (pictures: pv.plots)
 
 NAME = "07_your_own_data"
 SMOKE = bool(os.environ.get("CI"))

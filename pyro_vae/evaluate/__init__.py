@@ -1,6 +1,9 @@
-from . import scores as _scores
-from .scores import *  # noqa: F401,F403
+"""Evaluation: ELBO, importance-sampled log p(x), active units, the whole report, and diagnostics — per
+datapoint, in nats (see :mod:`~pyro_vae.evaluate.scores` for what each number bounds)."""
 
+from .report import report
+from .scores import (MAX_PAIRS, accuracy, active_units, bits_per_dim, check, check_data, elbo, eval_mode,
+                     log_likelihood, log_weight_terms, quantity)
 
-def __getattr__(name):
-    return getattr(_scores, name)
+__all__ = ["MAX_PAIRS", "accuracy", "active_units", "bits_per_dim", "check", "check_data", "elbo", "eval_mode",
+           "log_likelihood", "log_weight_terms", "quantity", "report"]

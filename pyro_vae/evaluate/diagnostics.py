@@ -16,7 +16,6 @@ Every number is computed from Pyro traces of the model and guide (densities from
 binarization of ``data`` is part of what the numbers mean, as for :mod:`pyro_vae.evaluate`.
 """
 
-import contextlib
 import math
 import os
 
@@ -30,8 +29,11 @@ from pyro.poutine.util import site_is_subsample
 
 from . import scores as evaluate
 from ..errors import ConfigError, DataError
-from .scores import eval_mode
-from ..checks import chunks, positive_int
+from ..inference.traces import eval_mode, no_param_store
+from ..checks import chunks, positive_int, small_steps
+from ..files import save_figure
+from . import quality
+from .quality import plot_posterior_predictive, report_lines
 
 __all__ = ["kl_per_dim", "mutual_information", "refine_posterior", "posterior_gaps", "diagnose", "plot"]
 
@@ -64,22 +66,6 @@ def first_images(vae, data, limit=None):
     elif y is None or bool((y < 0).any()):
         raise DataError(f"{type(vae).__name__} conditions on labels, and some of the first {count} images have none")
     return x.to(device), None if y is None else y.to(device)
-
-
-class _NoParamStore:
-    """Keep ``model``/``guide`` out of Pyro's param store for the block (the parameters live in the module)."""
-
-    def __init__(self, vae):
-        self.vae, self.saved = vae, getattr(vae, "register_params", None)
-
-    def __enter__(self):
-        if self.saved is not None:
-            self.vae.register_params = False
-        return self.vae
-
-    def __exit__(self, *exc):
-        if self.saved is not None:
-            self.vae.register_params = self.saved
 
 
 def _traces(vae, x, y, num_particles):
@@ -170,7 +156,7 @@ def kl_per_dim(vae, data, num_samples=10, limit=None, batch_size=250):
     x_all, y_all = first_images(vae, data, limit)
     num_samples = positive_int("num_samples", num_samples)
     sums, unsplit = {}, set()
-    with eval_mode(vae), _NoParamStore(vae):
+    with eval_mode(vae), no_param_store(vae):
         for part in chunks(x_all.shape[0], batch_size):
             y = None if y_all is None else y_all[part]
             guide_trace, model_trace = _traces(vae, x_all[part], y, num_samples)
@@ -219,7 +205,7 @@ def mutual_information(vae, data, limit=1000, num_samples=1, chunk=100, site=Non
     total = 0.0
     # a flow's inversion can overflow for a code far from another image's posterior: its density there is
     # taken as 0 (the argument check would refuse the overflowed values first)
-    with eval_mode(vae), _NoParamStore(vae), pyro.validation_enabled(False):
+    with eval_mode(vae), no_param_store(vae), pyro.validation_enabled(False):
         for _ in range(positive_int("num_samples", num_samples)):
             trace = poutine.trace(vae.guide).get_trace(x, y)
             if site not in trace.nodes:
@@ -262,20 +248,6 @@ class _LocalPosterior:
 
     def __exit__(self, *exc):
         self.handle.remove()
-
-
-@contextlib.contextmanager
-def small_steps(device):
-    """One intra-op CPU thread for the block: for loops of many small steps (a few operations on a few
-    thousand rows), where more threads only add synchronisation. On two busy CPU cores, 300 refinement steps
-    took 81 s with two threads and 11 s with one."""
-    threads = torch.get_num_threads()
-    if torch.device(device).type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _encoder_output(vae, x, y):
@@ -328,7 +300,7 @@ def refine_posterior(vae, x, y=None, steps=300, lr=0.02, num_particles=8, elbo_s
     """
     steps, num_particles = positive_int("steps", steps), positive_int("num_particles", num_particles)
     weights = [p for p in vae.parameters() if p.requires_grad]
-    with eval_mode(vae), _NoParamStore(vae):
+    with eval_mode(vae), no_param_store(vae):
         loc0, scale0 = _encoder_output(vae, x, y)
         before = _elbo_per_image(vae, x, y, elbo_samples)
         loc = loc0.clone().requires_grad_(True)
@@ -395,7 +367,7 @@ def posterior_gaps(vae, data, limit=100, num_samples=1000, steps=300, lr=0.02, n
 
 
 def _labelled(x, y):
-    from ..data.core import from_tensor   # only for conditional models
+    from ..data import from_tensor   # only for conditional models
     return from_tensor(x.cpu(), labels=y.cpu()).to(x.device)
 
 
@@ -440,7 +412,6 @@ def diagnose(vae, data, train=None, num_samples=1000, cache=None, classifier_set
     result["binarize"] = getattr(data, "binarize", "none")
     out = {"diagnostics": result, "sample_quality": None, "posterior_predictive": None}
     if train is not None and getattr(train, "labels", None) is not None:
-        from . import quality
         classifier, info = quality.classifier_for(train, data, cache=cache, **(classifier_settings or {}))
         out["sample_quality"] = quality.sample_quality(vae, data, train, classifier, info)
         out["posterior_predictive"] = quality.posterior_predictive(vae, data, classifier)
@@ -487,14 +458,6 @@ def plot(diagnostics, path=None):
     return save_figure(fig, path)
 
 
-def save_figure(fig, path):
-    """Write ``fig`` to ``path`` as a PNG (folders created) when ``path`` is given; return ``fig``."""
-    if path is not None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fig.savefig(path, format="png", dpi=100)
-    return fig
-
-
 def summary_lines(result):
     """The diagnostics (and sample-quality scores) of :func:`diagnose` or ``report(..., diagnostics=True)`` as
     printable lines."""
@@ -510,7 +473,6 @@ def summary_lines(result):
              f"{d['approximation_gap']:.2f} (ELBO(refined) {d['elbo_refined']:.2f} after {d['refine_steps']} SVI "
              f"steps per image)"]
     if result.get("sample_quality") is not None:
-        from .quality import report_lines
         lines += report_lines(result["sample_quality"], result.get("posterior_predictive"))
     return lines
 
@@ -523,7 +485,6 @@ def write_pictures(result, folder):
     plot(result["diagnostics"], paths[0])
     checks = result.get("posterior_predictive")
     if checks is not None:
-        from .quality import plot_posterior_predictive
         paths.append(os.path.join(folder, "posterior-predictive.png"))
         plot_posterior_predictive(checks, paths[1])
         checks.pop("values", None)

@@ -29,8 +29,10 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, DataError
-from .scores import eval_mode
-from ..checks import chunks, positive_int
+from ..inference.traces import eval_mode, no_param_store
+from ..checks import chunks, forked_rng, positive_int, small_steps
+from ..files import atomic_write, save_figure
+from ..parts.networks import MLPClassifier
 
 __all__ = ["train_classifier", "classifier_for", "features", "frechet_distance", "precision_recall",
            "model_samples", "sample_quality", "posterior_predictive", "plot_posterior_predictive"]
@@ -54,7 +56,6 @@ def _num_classes(*datasets):
 
 
 def _build(config):
-    from ..models.extended import MLPClassifier   # extended builds on the model module; imported when needed
     return MLPClassifier(tuple(config["image_shape"]), config["num_classes"], hidden=tuple(config["hidden"]))
 
 
@@ -72,8 +73,7 @@ def train_classifier(train, test, progress=False, **settings):
     config = {"image_shape": list(train.image_shape), "num_classes": _num_classes(train, test),
               "dataset": train.name, "binarize": train.binarize, "num_train": len(train), **s}
     generator = torch.Generator().manual_seed(s["seed"])
-    from .diagnostics import small_steps   # small batches: one thread is faster
-    with torch.random.fork_rng(), small_steps("cpu"):
+    with forked_rng("cpu"), small_steps("cpu"):
         torch.manual_seed(s["seed"])
         classifier = _build(config)
         optimizer = torch.optim.Adam(classifier.parameters(), lr=s["lr"])
@@ -127,9 +127,9 @@ def classifier_for(train, test, cache=None, **settings):
             return classifier.eval(), {"config": wanted, "test_accuracy": saved["test_accuracy"], "cached": True}
     classifier, info = train_classifier(train, test, **settings)
     if cache is not None:
-        from ..runs.checkpoint import save_checkpoint
-        save_checkpoint({"state_dict": classifier.state_dict(), "config": info["config"],
-                         "test_accuracy": info["test_accuracy"]}, cache)
+        state = {"state_dict": classifier.state_dict(), "config": info["config"],
+                 "test_accuracy": info["test_accuracy"]}
+        atomic_write(cache, lambda f: torch.save(state, f))
     return classifier.eval(), {**info, "cached": False}
 
 
@@ -224,21 +224,15 @@ def model_samples(vae, num_samples, kind="sample", seed=0, batch_size=1000):
     if kind not in ("sample", "mean"):
         raise DataError(f"kind must be 'sample' or 'mean', got {kind!r:.40}")
     out = []
-    with torch.random.fork_rng(devices=[]), eval_mode(vae):
+    with forked_rng("cpu"), eval_mode(vae):
         torch.manual_seed(seed)
         for part in chunks(positive_int("num_samples", num_samples), batch_size):
             n = part.stop - part.start
             y = None
-            if getattr(vae, "label_role", "ignored") == "conditioned":
+            if vae.label_role == "conditioned":
                 y = torch.randint(vae.num_classes, (n,), device=vae.device)
-            saved = getattr(vae, "register_params", None)
-            try:
-                if saved is not None:
-                    vae.register_params = False
-                fn = vae.trace_prior(n, y).nodes["x"]["fn"]
-            finally:
-                if saved is not None:
-                    vae.register_params = saved
+            with no_param_store(vae):
+                fn = vae.trace_prior(n, y).nodes[vae.obs_site]["fn"]
             out.append((fn.sample() if kind == "sample" else fn.mean).cpu())
     return torch.cat(out)
 
@@ -255,7 +249,7 @@ def sample_quality(vae, test, train, classifier, info=None, num_samples=None, k=
     test_images, _ = _images(test)
     real = features(classifier, test_images)
     fake = features(classifier, model_samples(vae, n, kind=kind, seed=seed))
-    with torch.random.fork_rng(devices=[]):   # a dynamically binarized training set: the same draw every call
+    with forked_rng("cpu"):   # a dynamically binarized training set: the same draw every call
         torch.manual_seed(seed)
         floor_images, _ = _images(train, limit=n)
     floor = features(classifier, floor_images)
@@ -322,7 +316,6 @@ def plot_posterior_predictive(checks, path=None):
     classifier, the class frequencies side by side. :returns: a matplotlib ``Figure``."""
     from matplotlib.figure import Figure
 
-    from .diagnostics import save_figure
     names = list(checks["statistics"])
     panels = len(names) + ("class_frequencies" in checks)
     fig = Figure(figsize=(3.2 * panels, 3.0))

@@ -17,7 +17,7 @@ computes the same estimator without those reads and, by default, without running
    ``torch.compile`` (inductor; CUDA graphs on a GPU).
 
 The replayed graph draws its random numbers with the same operations, in the same order, as the eager
-estimator, so a seeded step equals ``Trace_ELBO`` to rounding (``tests/test_fast.py``). Measured against
+estimator, so a seeded step equals ``Trace_ELBO`` to rounding (``tests/inference/test_replay.py``). Measured against
 a hand-written PyTorch VAE by ``benchmarks/overhead.py``.
 
 What a trace freezes, and what is checked on every call instead: the graph is traced per *signature*:
@@ -31,8 +31,25 @@ Pyro does. Python inside the model that depends on anything but the signature (a
 changed between steps) is frozen at the first trace, as with ``JitTrace_ELBO``; ``step.check`` compares a
 graph with the model as it is now, and :func:`replay_problem` looks for sites that change between batches
 (``fit`` runs both when it picks this step by itself).
+
+The estimator's arithmetic on a pair of traces is :mod:`~pyro_vae.inference.surrogate`; what a graph depends
+on and freezes (the inputs' signature, the sites' patterns) :mod:`~pyro_vae.inference.patterns`. This is the one
+module of the package that relies on Pyro's and torch's internals (listed below); everything
+else reaches them through the public functions here (:func:`uncompiled_copy`).
 """
 
+# Pyro/torch private names this module relies on, tested against pyro-ppl >=1.9,<1.10 (and torch 2.x); none is
+# in their documented API, so each may change in any release (tests/inference/test_replay.py and tests/test_layers.py):
+#   pyro.poutine.runtime._PYRO_STACK        the active handlers: hidden while tracing, read for their scales
+#   ELBO._get_traces                        Trace_ELBO's own (model trace, guide trace) per particle
+#   Messenger._process_message              a handler's work on a message: applied to stand-in messages ...
+#   Messenger._postprocess_message          ... unless it also works after the site (then the call runs eagerly)
+#   Messenger._pyro_post_sample             (the same, for handlers that only post-process sample sites)
+#   Messenger._pyro_param                   (_ParamsPassedThrough: pyro.param answered without the store)
+#   pyro.ops.jit.CompiledFunction           the torch.jit graph a JIT ELBO keeps after its first call
+#   torch._dynamo.mark_static_address       parameters read in place by a CUDA graph (mode="compile")
+
+import copy
 import numbers
 import warnings
 
@@ -41,70 +58,24 @@ from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import pyro
-from pyro.distributions.util import is_identically_zero, scale_and_mask
-from pyro.infer import JitTrace_ELBO, Trace_ELBO
+from pyro.ops.jit import CompiledFunction
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import _PYRO_STACK
 
+from ..checks import forked_rng
 from ..errors import ConfigError
+from .patterns import BuffersKept, SitePatterns, rebuild, split_inputs
+from .surrogate import SUPPORTED_ELBOS, check_elbo, particle_elbo
+from .traces import no_param_store
+
+__all__ = ["MAX_GRAPHS", "MODES", "SUPPORTED_ELBOS", "check_elbo", "make_step", "replay_problem", "sync_free_loss",
+           "uncompiled_copy"]
 
 #: ways :func:`make_step` can run the estimator
 MODES = ("replay", "compile", "eager")
 
 #: signatures traced per step at most; calls of further ones run eagerly (still sync-free)
 MAX_GRAPHS = 8
-
-#: ELBOs whose estimator this module computes (``JitTrace_ELBO`` is the same estimator as ``Trace_ELBO``)
-SUPPORTED_ELBOS = (Trace_ELBO, JitTrace_ELBO)
-
-
-def check_elbo(elbo):
-    """Raise :class:`~pyro_vae.errors.ConfigError` unless ``elbo`` is an ELBO whose estimator is ``Trace_ELBO``'s."""
-    # exact types: TraceMeanField_ELBO subclasses Trace_ELBO but computes another estimator (analytic KL)
-    if type(elbo) not in SUPPORTED_ELBOS:
-        raise ConfigError(f"the sync-free step computes Trace_ELBO's estimator, not {type(elbo).__name__}'s; "
-                          f"use Trace_ELBO (any num_particles), or train {type(elbo).__name__} without compile")
-
-
-def _refuse_score_function(name, site):
-    raise ConfigError(f"the sync-free step needs reparameterised latent sites, but the guide's site {name!r} "
-                      f"({type(site['fn']).__name__}) is not; train without compile "
-                      f"(discrete latents: TraceEnum_ELBO)")
-
-
-def _particle_elbo(model_trace, guide_trace, weights=None, sites=None):
-    """The ELBO of one particle as a tensor: sum of log p over model sites minus sum of log q over guide sites.
-
-    Without ``weights`` every site keeps the scale and mask Pyro applied (``log_prob_sum``, and the
-    entropy part of the guide's ``score_parts``), exactly ``Trace_ELBO``'s surrogate. With ``weights`` (a
-    ``(num_sites,)`` tensor, model sites first, then guide sites, in trace order) each site's unscaled
-    log-density is scaled by its entry instead: by the entry alone where the site's own scale is a number
-    (the graph then takes the whole scale as an input), by the site's tensor scale times the entry
-    otherwise; the mask is applied as Pyro applies it. ``sites``, a list, receives ``(role, name, site)``.
-    """
-    elbo = 0.0
-    index = 0
-    for role, trace, sign in (("model", model_trace, 1.0), ("guide", guide_trace, -1.0)):
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample":
-                continue
-            if role == "guide":
-                _, score_function, entropy = site["score_parts"]
-                # a score-function term needs Pyro's log_r bookkeeping and a host read per step; refuse it
-                if not is_identically_zero(score_function):
-                    _refuse_score_function(name, site)
-                term = entropy
-            else:
-                term = site["log_prob"]
-            if weights is not None:
-                scale = site["scale"]
-                weight = weights[index] if isinstance(scale, numbers.Number) else scale * weights[index]
-                term = scale_and_mask(site["unscaled_log_prob"], weight, site["mask"])
-            elbo = elbo + sign * term.sum()
-            if sites is not None:
-                sites.append((role, name, site))
-            index += 1
-    return elbo
 
 
 def sync_free_loss(elbo, model, guide, *args, **kwargs):
@@ -129,10 +100,11 @@ def sync_free_loss(elbo, model, guide, *args, **kwargs):
 
 
 def _loss(elbo, model, guide, args, kwargs, weights=None, sites=None):
-    """:func:`sync_free_loss` with the ``weights`` and ``sites`` of :func:`_particle_elbo`."""
+    """:func:`sync_free_loss` with the ``weights`` and ``sites`` of
+    :func:`~pyro_vae.inference.surrogate.particle_elbo`."""
     loss = 0.0
     for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
-        loss = loss - _particle_elbo(model_trace, guide_trace, weights, sites) / elbo.num_particles
+        loss = loss - particle_elbo(model_trace, guide_trace, weights, sites) / elbo.num_particles
     return loss
 
 
@@ -154,23 +126,7 @@ class _HiddenPyroStack:
         _PYRO_STACK[:] = self.saved
 
 
-class _BuffersKept:
-    """Put the module's buffers back as they were after a block that runs it only to look (a train-mode batch
-    norm updates its running statistics on every forward pass, which a trial run must not do)."""
-
-    def __init__(self, module):
-        self.module = module
-
-    def __enter__(self):
-        self.saved = [(b, b.detach().clone()) for b in self.module.buffers()]
-
-    def __exit__(self, *exc):
-        with torch.no_grad():
-            for buffer, value in self.saved:
-                buffer.copy_(value)
-
-
-class _NoParamStore(Messenger):
+class _ParamsPassedThrough(Messenger):
     """While tracing, ``pyro.param`` / ``pyro.module`` return the value they were given and leave Pyro's global
     param store alone: the module's parameters are fake tensors then, which must not end up in the store."""
 
@@ -195,42 +151,15 @@ class _Objective(nn.Module):
         self.sites = []
 
     def forward(self, tensors, weights):
-        args, kwargs = _rebuild(self.layout, tensors)
+        args, kwargs = rebuild(self.layout, tensors)
         self.sites.clear()
         return _loss(self.elbo, self.vae.model, self.vae.guide, args, kwargs, weights, self.sites)
-
-
-def _split_inputs(x, y, kwargs):
-    """``(tensors, layout, signature)``: the tensor inputs, where each argument comes from, and what a trace
-    depends on. ``layout`` holds ``(name, True, index into tensors)`` or ``(name, False, value)``."""
-    tensors, layout, signature = [], [], []
-    for key, value in (("x", x), ("y", y), *sorted(kwargs.items())):
-        if isinstance(value, torch.Tensor):
-            layout.append((key, True, len(tensors)))
-            tensors.append(value)
-            signature.append((key, tuple(value.shape), value.dtype, value.device))
-        else:
-            try:
-                hash(value)
-            except TypeError:
-                raise ConfigError(f"keyword argument {key}= of the sync-free step must be a tensor or a hashable "
-                                  f"value (the graph is traced per value), got {type(value).__name__}") from None
-            layout.append((key, False, value))
-            signature.append((key, type(value), value))
-    return tensors, tuple(layout), tuple(signature)
 
 
 def _unflatten(flat, counts):
     """``(params, others, tensors, weights)`` from the graph's flat inputs."""
     a, b, c = counts
     return list(flat[:a]), list(flat[a:a + b]), list(flat[a + b:a + b + c]), flat[a + b + c]
-
-
-def _rebuild(layout, tensors):
-    """The model's ``(args, kwargs)`` from a layout of :func:`_split_inputs` and its tensors."""
-    values = {key: tensors[where] if is_tensor else where for key, is_tensor, where in layout}
-    x, y = values.pop("x"), values.pop("y")
-    return ((x,) if y is None else (x, y)), values
 
 
 class _Graph:
@@ -289,7 +218,7 @@ class _Step:
         """Trace the graph of this input signature now, so that its first call replays it instead of running
         eagerly; nothing is computed or drawn (fake tensors). Raises :class:`ConfigError` as the first call
         would; a signature already traced is left as it is."""
-        tensors, layout, signature = _split_inputs(x, y, kwargs)
+        tensors, layout, signature = split_inputs(x, y, kwargs)
         key = (signature, getattr(self.vae, "training", None))
         if self.mode != "eager" and key not in self.graphs and len(self.graphs) < MAX_GRAPHS:
             self.graphs[key] = self._trace(tensors, layout)
@@ -305,13 +234,13 @@ class _Step:
         sites and losses (to rounding): about two steps of this batch, so check on a few images. The
         signature must have been traced (:meth:`prepare`); ``None`` where it was not (nothing to compare).
         """
-        tensors, layout, signature = _split_inputs(x, y, kwargs)
+        tensors, layout, signature = split_inputs(x, y, kwargs)
         graph = self.graphs.get((signature, getattr(self.vae, "training", None)))
         if graph is None:
             return None
-        args, kwargs = _rebuild(layout, tensors)
+        args, kwargs = rebuild(layout, tensors)
         sites = []
-        with self._forked_rng(), _BuffersKept(self.vae):
+        with forked_rng(self.device), BuffersKept(self.vae):
             cuda = self.device.type == "cuda"
             state = torch.cuda.get_rng_state(self.device) if cuda else torch.get_rng_state()
             replayed, *_ = graph(tensors, graph.inner)
@@ -320,7 +249,7 @@ class _Step:
                 torch.cuda.set_rng_state(state, self.device)
             else:
                 torch.set_rng_state(state)
-            with torch.no_grad(), _HiddenPyroStack(), _NoParamStore(), pyro.validation_enabled(False):
+            with torch.no_grad(), _HiddenPyroStack(), _ParamsPassedThrough(), pyro.validation_enabled(False):
                 eager = _loss(self.elbo, self.vae.model, self.vae.guide, args, kwargs, sites=sites)
         now, then = [name for _, name, _ in sites], [name for _, name, *_ in graph.sites]
         if now != then:
@@ -333,7 +262,7 @@ class _Step:
         return None
 
     def _loss_and_grads(self, x, y, kwargs):
-        tensors, layout, signature = _split_inputs(x, y, kwargs)
+        tensors, layout, signature = split_inputs(x, y, kwargs)
         if self.mode == "eager":
             return self._eager(tensors, layout)
         key = (signature, getattr(self.vae, "training", None))
@@ -372,7 +301,7 @@ class _Step:
         return loss.clone() if self.copy_outputs else loss
 
     def _eager(self, tensors, layout):
-        args, kwargs = _rebuild(layout, tensors)
+        args, kwargs = rebuild(layout, tensors)
         with pyro.validation_enabled(False):
             loss = sync_free_loss(self.elbo, self.vae.model, self.vae.guide, *args, **kwargs)
         if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
@@ -454,11 +383,11 @@ class _Step:
             receives[:] = [i for i, g in enumerate(grads) if g is not None]
             return (loss.detach(), *(grads[i] for i in receives))
 
-        registers = getattr(self.vae, "register_params", None)
         try:
-            if registers is not None:
-                self.vae.register_params = False   # nothing to put in the param store: the graph holds no Pyro
-            with _HiddenPyroStack(), _NoParamStore(), pyro.validation_enabled(False), self._forked_rng():
+            # nothing to put in the param store (no_param_store): the graph holds no Pyro; the trace, like the
+            # checks, runs outside the run's random stream, as fit's first call does
+            with no_param_store(self.vae), _HiddenPyroStack(), _ParamsPassedThrough(), \
+                    pyro.validation_enabled(False), forked_rng(self.device):
                 fn = make_fx(loss_and_grads, tracing_mode="fake")(
                     *params, *others, *tensors, torch.ones(count, device=self.device))
         except ConfigError:
@@ -469,9 +398,6 @@ class _Step:
             reason = " ".join(str(error).split())[:160]
             raise ConfigError(f"the model or guide cannot be traced into a sync-free graph ({type(error).__name__}: "
                               f"{reason}); train without compile") from None
-        finally:
-            if registers is not None:
-                self.vae.register_params = registers
         if [(role, name) for role, name, _ in objective.sites] != found:
             raise ConfigError("the model's sites differ between two runs of the same inputs; the sync-free step "
                               "needs a model whose structure does not change from step to step")
@@ -489,10 +415,10 @@ class _Step:
     def _find_sites(self, objective, tensors):
         """The sites the graph weights, from one run of the estimator without gradients, outside the run's
         random stream and without the handlers around the call (the graph is traced without them)."""
-        args, kwargs = _rebuild(objective.layout, tensors)
+        args, kwargs = rebuild(objective.layout, tensors)
         sites = []
-        with torch.no_grad(), _HiddenPyroStack(), _NoParamStore(), pyro.validation_enabled(False), \
-                self._forked_rng(), _BuffersKept(self.vae):
+        with torch.no_grad(), _HiddenPyroStack(), _ParamsPassedThrough(), pyro.validation_enabled(False), \
+                forked_rng(self.device), BuffersKept(self.vae):
             _loss(self.elbo, self.vae.model, self.vae.guide, args, kwargs, sites=sites)
         return sites
 
@@ -512,14 +438,10 @@ class _Step:
         is a view of another's storage would be changed by an in-place update of the other (clip_grad_norm_)."""
         if self.copy_outputs:
             return True   # copied anyway
-        with self._forked_rng(), _BuffersKept(self.vae):
+        with forked_rng(self.device), BuffersKept(self.vae):
             _, *grads = graph(tensors, graph.inner)
         storages = [g.untyped_storage().data_ptr() for g in grads]
         return len(set(storages)) == len(storages)
-
-    def _forked_rng(self):
-        # tracing and the checks run the program outside the run's random stream, as fit's first call does
-        return torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
 
 
 def _to_device(values, device):
@@ -583,26 +505,6 @@ def make_step(elbo, vae, device, optimizer=None, mode="replay", on_trace_error=N
 # --- whether the replay is exact for a model --------------------------------------------------------------
 
 
-def _site_pattern(sites, exact):
-    """What a trace freezes of each site, in order: ``exact`` keeps the shapes too (batches of one signature
-    share one graph, so their sites must agree in everything); otherwise what every batch size must share."""
-    pattern = []
-    for role, name, site in sites:
-        fn = site["fn"]
-        entry = (role, name, type(fn).__name__, bool(site["is_observed"]), tuple(getattr(fn, "event_shape", ())))
-        if exact:
-            scale = site["scale"]
-            entry += (tuple(site["value"].shape), tuple(getattr(fn, "batch_shape", ())),
-                      float(scale) if isinstance(scale, numbers.Number) else ("tensor", tuple(scale.shape)),
-                      site["mask"] is None or ("mask", tuple(torch.as_tensor(site["mask"]).shape)))
-        pattern.append(entry)
-    return pattern
-
-
-def _describe(pattern):
-    return ", ".join(f"{role} {name!r} {kind}" for role, name, kind, *_ in pattern) or "no sites"
-
-
 def replay_problem(elbo, vae, batches):
     """Why the replayed graph would not compute ``elbo``'s estimator for ``vae`` on every batch, or ``None``.
 
@@ -619,31 +521,39 @@ def replay_problem(elbo, vae, batches):
     :returns: ``None`` or one line saying what the replay would get wrong.
     """
     check_elbo(elbo)
-    first, by_signature = None, {}
+    patterns = SitePatterns()
     for x, y, inputs in batches:
-        tensors, layout, signature = _split_inputs(x, y, inputs)
-        args, kwargs = _rebuild(layout, tensors)
+        tensors, layout, signature = split_inputs(x, y, inputs)
+        args, kwargs = rebuild(layout, tensors)
         sites = []
         try:
-            with torch.no_grad(), _NoParamStore(), pyro.validation_enabled(False), _BuffersKept(vae), \
-                    torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            with torch.no_grad(), _ParamsPassedThrough(), pyro.validation_enabled(False), BuffersKept(vae), \
+                    forked_rng(x.device):
                 _loss(elbo, vae.model, vae.guide, args, kwargs, sites=sites)
         except ConfigError as error:
             return str(error)
         except Exception as error:   # left for Pyro's own ELBO to report, where it fails the same way
-            return f"the model or guide failed in a trial run ({type(error).__name__}: {' '.join(str(error).split())[:120]})"
-        for _, name, site in sites:
-            if site["infer"].get("enumerate") is not None:
-                return f"site {name!r} is marked for enumeration, which the replay step does not sum out"
-        exact, coarse = _site_pattern(sites, True), _site_pattern(sites, False)
-        seen = by_signature.setdefault(signature, exact)
-        if seen != exact:
-            diff = next((a, b) for a, b in zip(seen + [None] * len(exact), exact + [None] * len(seen)) if a != b)
-            return (f"the model's sites change between batches of the same shape ({diff[0]} in one, {diff[1]} in "
-                    f"another): a replayed graph would keep the first batch's sites for every batch")
-        if first is None:
-            first = coarse
-        elif coarse != first:
-            return (f"the model's sites change between batches ({_describe(first)} in one; {_describe(coarse)} "
-                    f"in another): a replayed graph would keep the first batch's sites")
+            reason = " ".join(str(error).split())[:120]
+            return f"the model or guide failed in a trial run ({type(error).__name__}: {reason})"
+        problem = patterns.add(signature, sites)
+        if problem is not None:
+            return problem
     return None
+
+
+# --- the JIT ELBOs ------------------------------------------------------------------------------------------
+
+
+def uncompiled_copy(elbo):
+    """A copy of a JIT ELBO (``JitTrace_ELBO`` ...) that has compiled nothing yet; the caller's is left as it was.
+
+    A Pyro JIT ELBO builds its compiled function (a ``pyro.ops.jit.CompiledFunction``) on its first call, as a
+    closure over the ``model`` and ``guide`` of *that* call, and keeps it: called later with another model (a
+    second ``fit`` with the same instance and a new VAE) it traces the first model's program again, so the new
+    VAE got no gradients and did not train, silently. A copy without it compiles the model it is called with.
+    """
+    fresh = copy.copy(elbo)
+    for name, value in list(vars(fresh).items()):
+        if isinstance(value, CompiledFunction):
+            delattr(fresh, name)
+    return fresh

@@ -1,6 +1,6 @@
 """Pyro traces read per datapoint: the terms of the importance weights log p(x, z) - log q(z|x) that every
-estimate in :mod:`~pyro_vae.evaluate` is built from, the eval-mode context, and the messenger that weights
-latent sites (the beta of a beta-VAE)."""
+estimate in :mod:`~pyro_vae.evaluate` is built from, the eval-mode and no-param-store contexts, and the
+messenger that weights latent sites (the beta of a beta-VAE)."""
 
 import contextlib
 
@@ -8,6 +8,7 @@ import torch
 
 import pyro
 import pyro.poutine as poutine
+from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
@@ -30,6 +31,25 @@ def eval_mode(vae):
         yield vae
     finally:
         vae.train(was_training)
+
+
+@contextlib.contextmanager
+def no_param_store(vae):
+    """``vae``'s ``model`` and ``guide`` skip ``pyro.module`` for the block (``vae.register_params`` off, put back
+    afterwards, even when the block raises).
+
+    The parameters live in the module: a block that only runs it (an evaluation, a trace) or trains it with a
+    torch optimizer holding them must not fill Pyro's global param store. A module without
+    ``register_params`` (a wrapped Pyro pair) is left as it is.
+    """
+    saved = getattr(vae, "register_params", None)
+    if saved is not None:
+        vae.register_params = False
+    try:
+        yield vae
+    finally:
+        if saved is not None:
+            vae.register_params = saved
 
 
 def log_weight_terms(vae, x, y=None, num_particles=1, **kwargs):
@@ -67,7 +87,7 @@ def log_weight_terms(vae, x, y=None, num_particles=1, **kwargs):
     for name, site in model_trace.nodes.items():
         if site["type"] == "sample":
             (observed if site["is_observed"] else latent).append(site["log_prob"])
-            enumerated = enumerated or site["infer"].get("_enumerate_dim") is not None
+            enumerated = enumerated or _enumerated(name, site, guide_trace)
     log_posterior = sum((site["log_prob"].expand(shape) for site in guide_trace.nodes.values()
                          if site["type"] == "sample" and not site["is_observed"]), zero)
     if not enumerated:
@@ -83,6 +103,12 @@ def log_weight_terms(vae, x, y=None, num_particles=1, **kwargs):
     expected_obs = torch.where(posterior > 0, posterior * log_obs, torch.zeros_like(log_obs)).sum(enum_dims)
     return {"log_likelihood": expected_obs, "log_prior": log_joint - expected_obs, "log_posterior": log_posterior}
 
+
+def _enumerated(name, site, guide_trace):
+    """Whether ``poutine.enum`` enumerated this model site: by its rule, a latent site of a Pyro distribution
+    marked ``infer={"enumerate": "parallel"}`` that the guide did not draw (a replayed site is left alone)."""
+    return (not site["is_observed"] and site["infer"].get("enumerate") == "parallel"
+            and isinstance(site["fn"], TorchDistributionMixin) and name not in guide_trace.nodes)
 
 
 class LatentWeight(Messenger):

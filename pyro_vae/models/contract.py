@@ -175,7 +175,8 @@ def _run(what, fn):
         message = _short(e)
         if "constraint" in message or "support" in message:
             raise ConfigError(f"{what} failed Pyro's validation: {message} (a scale must be positive, e.g. "
-                              f"softplus(raw) + 1e-4, and observed values must lie in the likelihood's support)") from None
+                              f"softplus(raw) + 1e-4, and observed values must lie in the likelihood's "
+                              f"support)") from None
         raise ConfigError(f"{what} failed on a batch of images: {type(e).__name__}: {message}") from None
 
 
@@ -341,4 +342,5 @@ def device_of(vae):
     return torch.device("cpu")
 
 
-__all__ = ["Contract", "check_model", "check_loss", "check_networks", "default_loss", "enumerates", "first_batch", "call_with", "device_of", "sample_sites"]
+__all__ = ["Contract", "check_model", "check_loss", "check_networks", "default_loss", "enumerates", "first_batch",
+           "call_with", "device_of", "sample_sites"]

@@ -268,7 +268,8 @@ class M2(ConditionalVAE):
         self.alpha = float(alpha)
         if classifier is not None and not isinstance(classifier, nn.Module):
             raise ConfigError(f"classifier must be a torch.nn.Module mapping images (..., C, H, W) to logits "
-                              f"(..., K), got {type(classifier).__name__}; e.g. pv.extended.MLPClassifier(image_shape, K)")
+                              f"(..., K), got {type(classifier).__name__}; e.g. "
+                              f"pv.extended.MLPClassifier(image_shape, K)")
         self.classifier = classifier if classifier is not None else MLPClassifier(
             self.image_shape, self.num_classes, classifier_hidden)
         self.register_buffer("y_logits", torch.zeros(self.num_classes))   # uniform p(y)

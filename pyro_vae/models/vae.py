@@ -40,7 +40,7 @@ class VAE(nn.Module):
     :param likelihood: a :class:`~pyro_vae.likelihoods.Likelihood`; default
         :class:`~pyro_vae.likelihoods.Bernoulli`.
     :param posterior: family of q(z|x) built from the encoder's output, e.g.
-        :class:`~pyro_vae.guides.DiagonalNormal` (default).
+        :class:`~pyro_vae.posteriors.DiagonalNormal` (default).
     :param tuple hidden: hidden widths of the default MLP encoder (the decoder mirrors them). The
         defaults (one SiLU layer of 400, 50 latents) beat deeper softplus MLPs on mnist5k at equal epochs
         (benchmarks/README.md).
@@ -237,7 +237,8 @@ class VAE(nn.Module):
             parts["likelihood"] = rebuild_part("likelihood", config.get("likelihood"))
         for role in ("encoder", "decoder"):
             if parts.get(role) is None:
-                parts[role] = cls._rebuild_network(role, config, shape, latent_dim, parts["likelihood"].params_per_pixel)
+                parts[role] = cls._rebuild_network(role, config, shape, latent_dim,
+                                                   parts["likelihood"].params_per_pixel)
         for role, default in (("prior", {"class": "StandardNormal"}), ("posterior", {"class": "DiagonalNormal"})):
             if parts.get(role) is None:
                 parts[role] = rebuild_part(role, config.get(role, default))
@@ -267,5 +268,5 @@ class VAE(nn.Module):
 
 def uses_labels(vae):
     """Whether ``vae`` takes labels in ``encode``/``generate``/``reconstruct`` (its :attr:`VAE.label_role` is not
-    ``"ignored"``); models without the attribute are taken to ignore them."""
-    return getattr(vae, "label_role", "ignored") != "ignored"
+    ``"ignored"``)."""
+    return vae.label_role != "ignored"

@@ -45,6 +45,7 @@ class Wrapped(nn.Module):
 
     #: what the pair does with labels: nothing, unless its model takes ``y``
     label_role = "ignored"
+    top_sites = None
     num_classes = None
     classifies = False
     check_data = VAE.check_data
@@ -112,8 +113,8 @@ class Wrapped(nn.Module):
         try:
             loc, scale = fn.mean, fn.stddev
         except NotImplementedError:
-            raise ConfigError(f"the guide's distribution at {self.code_site!r} ({type(fn).__name__}) has no closed-form "
-                              f"mean; pictures need one") from None
+            raise ConfigError(f"the guide's distribution at {self.code_site!r} ({type(fn).__name__}) has no "
+                              f"closed-form mean; pictures need one") from None
         return loc.reshape(batch + (-1,)), scale.reshape(batch + (-1,))
 
     def generate(self, z, y=None):
@@ -127,7 +128,9 @@ class Wrapped(nn.Module):
         return mean.reshape(batch + self.image_shape)
 
     def sample(self, num_samples, y=None, **kwargs):
-        """Mean images of the observed site for latents drawn by the model itself. :returns: ``(num_samples, C, H, W)``."""
+        """Mean images of the observed site for latents drawn by the model itself.
+
+        :returns: ``(num_samples, C, H, W)``."""
         fn = self.trace_prior(num_samples, y, **kwargs).nodes[self.obs_site]["fn"]
         return fn.mean.reshape((num_samples,) + self.image_shape)
 
@@ -176,8 +179,8 @@ def _one(what, given, found, kind):
             raise ConfigError(f"{what}={given!r} is not a {kind} ({', '.join(map(repr, found)) or 'none'})")
         return given
     if len(found) != 1:
-        raise ConfigError(f"the pair has {len(found)} candidates for the {kind} ({', '.join(map(repr, found)) or 'none'}); "
-                          f"say which with {what}=...")
+        names = ", ".join(map(repr, found)) or "none"
+        raise ConfigError(f"the pair has {len(found)} candidates for the {kind} ({names}); say which with {what}=...")
     return found[0]
 
 

@@ -17,7 +17,7 @@ PART_BASES = {"encoder": (nn.Module, "pv.networks.MLPEncoder(image_shape, latent
               "decoder": (nn.Module, "pv.networks.MLPDecoder(image_shape, latent_dim)"),
               "prior": (priors_module.Prior, "pv.priors.VampPrior(500)"),
               "likelihood": (likelihoods_module.Likelihood, "pv.likelihoods.ContinuousBernoulli()"),
-              "posterior": (guides_module.Posterior, "pv.guides.IAF(2)")}
+              "posterior": (guides_module.Posterior, "pv.posteriors.IAF(2)")}
 
 
 def check_part(role, part):
@@ -106,8 +106,8 @@ def rebuild_part(role, spec, *args, classes=None, **kwargs):
         raise ConfigError(f"config entry for the {role} must be {{'class': name, 'kwargs': {{...}}}}, got {spec!r:.80}")
     known = {cls.__name__: cls for cls in (classes if classes is not None else PART_CLASSES[role])}
     if spec["class"] not in known:
-        raise ConfigError(f"config names an unknown {role} class {spec['class']!r:.60}; known: {', '.join(sorted(known))} "
-                          f"(pass a {role} of your own as {role}=...)")
+        raise ConfigError(f"config names an unknown {role} class {spec['class']!r:.60}; known: "
+                          f"{', '.join(sorted(known))} (pass a {role} of your own as {role}=...)")
     kwargs = {**spec.get("kwargs", {}), **kwargs}
     if not all(isinstance(k, str) for k in kwargs):
         raise ConfigError(f"config entry for the {role} has keyword names that are not strings")

@@ -21,7 +21,7 @@ import pyro.distributions as dist
 from pyro.distributions import constraints
 
 from ..errors import ConfigError, DataError
-from ..checks import MIN_SCALE, positive  # noqa: F401 (MIN_SCALE: the floor every scale here has)
+from ..checks import MIN_SCALE, positive
 
 
 class Likelihood(nn.Module):

@@ -121,8 +121,8 @@ class MLPDecoder(nn.Module):
         self.out_shape = (params_per_pixel * c, h, w)
         self.hidden = widths(hidden)
         self.activation = activation
-        self.net = mlp([positive_int("latent_dim", latent_dim, MAX_LATENT_DIM), *self.hidden, math.prod(self.out_shape)],
-                        _activation(activation), "MLPDecoder")
+        self.net = mlp([positive_int("latent_dim", latent_dim, MAX_LATENT_DIM), *self.hidden,
+                        math.prod(self.out_shape)], _activation(activation), "MLPDecoder")
 
     def config(self):
         return {"hidden": self.hidden, "activation": self.activation}
@@ -130,6 +130,14 @@ class MLPDecoder(nn.Module):
     def forward(self, z):
         """:param z: codes ``(..., latent_dim)``. :returns: likelihood parameters ``(..., P*C, H, W)``."""
         return self.net(z).unflatten(-1, self.out_shape)
+
+
+def _conv_sizes(who, image_shape, latent_dim, channels, hidden):
+    """``(image_shape, latent_dim, channels, hidden)`` of a conv network, each checked."""
+    image_shape = image_shape_of(image_shape)
+    _check_conv_size(image_shape, who)
+    return (image_shape, positive_int("latent_dim", latent_dim, MAX_LATENT_DIM),
+            positive_int("channels", channels, MAX_WIDTH), positive_int("hidden", hidden, MAX_WIDTH))
 
 
 class ConvEncoder(nn.Module):
@@ -144,11 +152,9 @@ class ConvEncoder(nn.Module):
 
     def __init__(self, image_shape, latent_dim, channels=32, hidden=256):
         super().__init__()
-        self.image_shape = image_shape_of(image_shape)
+        self.image_shape, latent_dim, channels, hidden = _conv_sizes("ConvEncoder", image_shape, latent_dim, channels,
+                                                                     hidden)
         c, h, w = self.image_shape
-        _check_conv_size(self.image_shape, "ConvEncoder")
-        latent_dim = positive_int("latent_dim", latent_dim, MAX_LATENT_DIM)
-        channels, hidden = positive_int("channels", channels, MAX_WIDTH), positive_int("hidden", hidden, MAX_WIDTH)
         parameter_budget("ConvEncoder", 16 * (c * channels + 2 * channels * channels) + 3 * channels
                          + (2 * channels * (h // 4) * (w // 4) + 1) * hidden + (hidden + 1) * 2 * latent_dim)
         self.conv = nn.Sequential(
@@ -180,11 +186,9 @@ class ConvDecoder(nn.Module):
 
     def __init__(self, image_shape, latent_dim, params_per_pixel=1, channels=32, hidden=256):
         super().__init__()
-        self.image_shape = image_shape_of(image_shape)
+        self.image_shape, latent_dim, channels, hidden = _conv_sizes("ConvDecoder", image_shape, latent_dim, channels,
+                                                                     hidden)
         c, h, w = self.image_shape
-        _check_conv_size(self.image_shape, "ConvDecoder")
-        latent_dim = positive_int("latent_dim", latent_dim, MAX_LATENT_DIM)
-        channels, hidden = positive_int("channels", channels, MAX_WIDTH), positive_int("hidden", hidden, MAX_WIDTH)
         self.out_shape = (params_per_pixel * c, h, w)
         self.start = (2 * channels, -(-h // 4), -(-w // 4))
         parameter_budget("ConvDecoder", (latent_dim + 1) * hidden + (hidden + 1) * math.prod(self.start)

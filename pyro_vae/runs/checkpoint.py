@@ -1,58 +1,109 @@
-"""Run folders and checkpoints: one writer at a time, atomic writes, validated and safe loads.
+"""Checkpoints: written atomically, loaded safely, checked before anything is restored from them.
 
-A run folder holds
+``checkpoint.pt`` holds the state after the last completed epoch: tensors only (weights, optimizer state, RNG
+states) plus plain numbers and lists (epoch, history). It is loaded with ``torch.load(weights_only=True)``, so a
+crafted file cannot run code (and only when it is torch's zip format: anything else is named for what it is).
+Two checks follow, and nothing is restored unless both pass:
 
-* ``config.json`` — the model's :attr:`~pyro_vae.VAE.config` and the training/data settings, enough to
-  rebuild the model without running any code from the folder;
-* ``checkpoint.pt`` — the state after the last completed epoch: tensors only (weights, optimizer state, RNG
-  states) plus plain numbers and lists (epoch, history), loaded with ``torch.load(weights_only=True)`` so
-  a crafted file cannot run code (and only when it is torch's zip format: anything else is named for what
-  it is), and checked (keys, types, finite weights, optimizer and RNG states torch can take back, epoch =
-  history length, config = config.json) before anything is restored from it;
-* ``best.pt`` — with early stopping, the weights of the epoch with the best test ELBO (same format); the
-  checkpoint keeps them too, and a resumed run writes ``best.pt`` again from it, so a kill between the two
-  writes never leaves best weights of an epoch the history does not hold;
-* ``metrics.json`` — the history, the final test scores and every later ``pyro-vae evaluate``, merged under
-  a lock so that concurrent writers never drop each other's entries;
-* pictures, and ``.lock``, which the training process holds (``flock``) while it writes the folder.
+* :func:`load_checkpoint` checks the package's own structure: its keys, the types of its own entries (history,
+  RNG states, the training hooks' states), finite weights, epoch = history length, config = config.json, and
+  that the optimizer state has the form every ``torch.optim`` state dict has (``state``, ``param_groups``);
+* :func:`check_restorable`, which a resumed run calls, loads the optimizer's and the learning-rate schedule's
+  states with their own ``load_state_dict`` into throw-away copies and takes one step with them: what those
+  states hold is for torch to judge, not a list of torch's field names kept here.
 
-Every file is written to a temporary name in the same folder, flushed to disk, then renamed over the old
-one, so an interruption leaves either the old complete file or the new complete file.
+``best.pt`` holds, with early stopping, the weights of the epoch with the best test ELBO (weights, epoch and
+config only).
 """
 
+import copy
 import math
 import numbers
 import os
 import pickle
+import warnings
 import zipfile
 
 import torch
 
+from .. import files
+from ..checks import forked_rng
 from ..errors import CheckpointError
-from ..files import (MAX_JSON_BYTES, MAX_JSON_DEPTH, MAX_JSON_DIGITS, WriteError, atomic_write, is_temporary,  # noqa: F401
-                     NOFOLLOW, depth, load_json, regular_file, save_json)
+from ..files import MAX_JSON_DEPTH, depth, regular_file
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 FORMAT_VERSION = 1
+#: the keys of the training hooks' states that the checks read (``EarlyStopping.name``, ``LRSchedule.name``)
+EARLY_STOPPING = "early_stopping"
+SCHEDULE = "lr_schedule"
+
+
 def save_checkpoint(state, path):
     """Write a checkpoint dict (tensors, numbers, strings, lists, dicts) atomically."""
-    atomic_write(path, lambda f: torch.save(state, f))
+    files.atomic_write(path, lambda f: torch.save(state, f))
 
 
-#: the size of a CPU generator's state (``torch.get_rng_state()``), the same for every torch.Generator
-_RNG_BYTES = None
+# --- small checks, shared with the run folder -------------------------------------------------------
+
+
+def is_number(value, finite=True):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and (not finite or math.isfinite(value))
+
+
+def is_whole(value, low=0):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def short(value, size=60):
+    """``repr(value)`` on one line (a tensor's spans several) and at most ``size`` characters."""
+    return " ".join(repr(value).split())[:size]
+
+
+def _typed(value):
+    """``value`` with booleans told apart from numbers (``True == 1`` in Python, not in a config)."""
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, (list, tuple)):
+        return [_typed(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _typed(v) for k, v in value.items()}
+    return value
+
+
+def same(saved, current):
+    """Whether two configs (JSON values) are equal, a boolean never equal to a number."""
+    return _typed(saved) == _typed(current)
+
+
+def first_difference(saved, current):
+    """``"key: saved X, now Y"`` for the first key (in sorted order) whose value differs between two dicts."""
+    for key in sorted(set(saved) | set(current), key=str):
+        if not same(saved.get(key), current.get(key)):
+            return f"{key}: saved {short(saved.get(key))}, now {short(current.get(key))}"
+    return "unknown difference"
+
+
+def _detail(error):
+    """An exception as a short line for a message (torch's span several lines)."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:120]}"
+
+
+# --- the package's own structure ----------------------------------------------------------------------
 
 
 def _is_rng_state(value, cuda=False):
-    global _RNG_BYTES
+    """Whether ``value`` is a generator state torch can take back: a throw-away CPU generator is given it (a
+    CUDA generator's state has its own size, which the CUDA runtime checks when it is restored)."""
     if not (isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1):
         return False
-    if cuda:   # a CUDA generator's state has its own size, which the CUDA runtime checks
+    if cuda:
         return True
-    if _RNG_BYTES is None:
-        _RNG_BYTES = torch.get_rng_state().numel()
-    return value.numel() == _RNG_BYTES
+    try:
+        torch.Generator().set_state(value)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return True
 
 
 def _is_rng_states(value):
@@ -60,130 +111,72 @@ def _is_rng_states(value):
             and ("cuda" not in value or _is_rng_state(value["cuda"], cuda=True)))
 
 
-def is_number(value, finite=True):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and (not finite or math.isfinite(value))
-
-
-def _plain(value, depth=0):
-    """Whether ``value`` is plain data (numbers, strings, None, tensors, dtypes, and lists/tuples/dicts of them)."""
-    if value is None or isinstance(value, (bool, numbers.Number, str, bytes, torch.Tensor, torch.dtype,
-                                           torch.device)):
-        return True
-    if depth < MAX_JSON_DEPTH and isinstance(value, (list, tuple)):
-        return all(_plain(v, depth + 1) for v in value)
-    if depth < MAX_JSON_DEPTH and isinstance(value, dict):
-        return all(isinstance(k, (str, int)) and _plain(v, depth + 1) for k, v in value.items())
-    return False
-
-
-def is_whole(value, low=0):
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
-def _is_scalar(value):
-    """A number, or a tensor holding one (torch keeps a step count or a learning rate either way)."""
-    if isinstance(value, torch.Tensor):
-        return value.numel() == 1 and not value.dtype.is_complex and value.dtype != torch.bool
-    return is_number(value, finite=False)
-
-
-#: settings of torch's optimizers, as their param_groups hold them: what each must be
-_GROUP_NUMBERS = ("lr", "eps", "weight_decay", "momentum", "dampening", "alpha", "lr_decay", "rho",
-                  "initial_accumulator_value", "momentum_decay", "lambd", "t0")
-_GROUP_FLAGS = ("amsgrad", "maximize", "foreach", "capturable", "differentiable", "fused", "nesterov", "centered",
-                "decoupled_weight_decay")
-
-
-def _group_problem(group):
-    params = group.get("params") if isinstance(group, dict) else None
-    if not (isinstance(params, list) and all(is_whole(i) for i in params)
-            and all(isinstance(k, str) for k in group) and _plain(group)):
-        return "its optimizer's parameter groups are malformed"
-    for key, value in group.items():
-        if (key in _GROUP_NUMBERS and not _is_scalar(value)) \
-                or (key in _GROUP_FLAGS and not (value is None or isinstance(value, bool))) \
-                or (key == "betas" and not (isinstance(value, (list, tuple)) and len(value) == 2
-                                            and all(_is_scalar(b) for b in value))):
-            return f"its optimizer setting {key} is {short(value, 40)}"
-    return None
-
-
-def _state_value_problem(key, value, shapes):
-    """A value of an optimizer's per-parameter state: a step count, a running average shaped like a weight, or
-    (L-BFGS) a list of them."""
-    if key == "step":
-        return None if _is_scalar(value) else "step"
-    if isinstance(value, (list, tuple)):
-        return next((key for v in value if v is not None and _state_value_problem(key, v, shapes)), None)
-    if isinstance(value, torch.Tensor):
-        # running averages (exp_avg, momentum_buffer, ...) are floating tensors shaped like a weight
-        if value.dim() and not (value.is_floating_point() and tuple(value.shape) in shapes):
-            return key
-        return None if value.dim() or _is_scalar(value) else key
-    return None if is_number(value, finite=False) else key
-
-
-def _optimizer_problem(optimizer, model):
-    """What is wrong with a ``torch.optim`` state dict, or ``None``: the structure ``load_state_dict`` and the
-    next steps rely on (without the optimizer at hand: the settings and state torch's optimizers keep)."""
-    if not (isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
-            and isinstance(optimizer.get("param_groups"), list) and optimizer["param_groups"]):
-        return "its optimizer state is missing or malformed"
-    indices = set()
-    for group in optimizer["param_groups"]:
-        problem = _group_problem(group)
-        if problem:
-            return problem
-        indices.update(group["params"])
-    if len(indices) > len(model):
-        return "its optimizer holds more parameters than the model"
-    shapes = {tuple(v.shape) for v in model.values()}
-    for index, values in optimizer["state"].items():
-        if not (is_whole(index) and index in indices and isinstance(values, dict)
-                and all(isinstance(k, str) for k in values)):
-            return "its optimizer's per-parameter state is malformed"
-        bad = next((k for k, v in values.items() if _state_value_problem(k, v, shapes)), None)
-        if bad is not None:
-            return f"its optimizer's per-parameter state {bad!r:.40} is malformed"
-    return None
+def _is_record(value):
+    """A dict with string keys, nested no deeper than a JSON file of the run may be."""
+    return isinstance(value, dict) and all(isinstance(k, str) for k in value) and depth(value) <= MAX_JSON_DEPTH
 
 
 def _history_problem(history, epoch):
     if not isinstance(history, list) or len(history) != epoch:
         return f"its history has {len(history) if isinstance(history, list) else 'no'} entries for {epoch} epochs"
     for i, record in enumerate(history):
-        if not (isinstance(record, dict) and is_whole(record.get("epoch")) and record["epoch"] == i + 1
+        if not (_is_record(record) and is_whole(record.get("epoch")) and record["epoch"] == i + 1
                 and is_number(record.get("train_elbo"))
-                and (record.get("test_elbo") is None or is_number(record["test_elbo"]))
-                and all(isinstance(k, str) for k in record) and _plain(record)):
+                and (record.get("test_elbo") is None or is_number(record["test_elbo"]))):
             return f"its history entry {i + 1} is not the record of epoch {i + 1}"
     return None
 
 
-#: what torch's learning-rate schedulers keep (checked where present: a scheduler reads them in every step)
-_SCHEDULE_NUMBERS = ("last_epoch", "_step_count", "T_max", "eta_min", "factor", "patience", "cooldown",
-                     "cooldown_counter", "best", "num_bad_epochs", "threshold", "eps", "mode_worse", "gamma",
-                     "step_size", "T_0", "T_mult", "T_i", "T_cur")
-_SCHEDULE_LISTS = ("base_lrs", "_last_lr", "min_lrs")
+def _optimizer_problem(optimizer, model):
+    """What is wrong with the form of a ``torch.optim`` state dict, or ``None``: ``param_groups``, a list of
+    dicts each listing its parameters' indices under ``params``, and ``state``, per-parameter dicts keyed by
+    those indices. What the groups and states hold is checked by :func:`check_restorable`."""
+    groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
+    if not (isinstance(groups, list) and groups and isinstance(optimizer.get("state"), dict)):
+        return "its optimizer state is missing or malformed"
+    if not all(isinstance(g, dict) and isinstance(g.get("params"), list) and all(is_whole(i) for i in g["params"])
+               for g in groups):
+        return "its optimizer's parameter groups are malformed"
+    indices = {i for group in groups for i in group["params"]}
+    if len(indices) > len(model):
+        return "its optimizer holds more parameters than the model"
+    if not all(is_whole(index) and index in indices and isinstance(values, dict)
+               and all(isinstance(k, str) for k in values) for index, values in optimizer["state"].items()):
+        return "its optimizer's per-parameter state is malformed"
+    return None
 
 
 def _hooks_problem(hooks):
-    if not (isinstance(hooks, dict) and all(isinstance(k, str) and isinstance(v, dict) and _plain(v)
-                                            for k, v in hooks.items())):
+    if not (isinstance(hooks, dict) and all(isinstance(k, str) and _is_record(v) for k, v in hooks.items())):
         return "its training-hook states are malformed"
-    stopping = hooks.get("early_stopping")
+    stopping = hooks.get(EARLY_STOPPING)
     if stopping:   # what EarlyStopping reads back when resuming
-        optional = lambda v: v is None or is_whole(v, 1)  # noqa: E731
+        optional = lambda v: v is None or is_whole(v, 1)
         if not (all(k in stopping for k in ("best_elbo", "best_epoch", "bad_epochs", "stopped_at"))
                 and (stopping["best_elbo"] is None or is_number(stopping["best_elbo"]))
                 and optional(stopping["best_epoch"]) and optional(stopping["stopped_at"])
                 and is_whole(stopping["bad_epochs"])):
             return "its early-stopping state is malformed"
-    schedule = hooks.get("lr_schedule") or {}
-    if not (all(_is_scalar(schedule[k]) for k in _SCHEDULE_NUMBERS if k in schedule)
-            and all(isinstance(schedule[k], list) and all(_is_scalar(v) for v in schedule[k])
-                    for k in _SCHEDULE_LISTS if k in schedule)):
-        return "its learning-rate schedule state is malformed"
+    return None
+
+
+def _best_weights_problem(hooks, model, epoch):
+    """What is wrong with the best epoch's weights early stopping keeps in the checkpoint, or ``None``: they
+    must be finite and have the model's names and shapes, and belong to an epoch the history holds."""
+    stopping = hooks.get(EARLY_STOPPING) or {}
+    best_epoch, weights = stopping.get("best_epoch"), stopping.get("best_model")
+    if best_epoch is not None and best_epoch > epoch:
+        return f"its best epoch {best_epoch} is after its last epoch {epoch}"
+    if weights is None:
+        return None
+    if not (isinstance(weights, dict) and set(weights) == set(model)
+            and all(isinstance(v, torch.Tensor) and v.shape == model[k].shape and v.dtype == model[k].dtype
+                    for k, v in weights.items())):
+        return "its best epoch's weights do not match its model weights"
+    if best_epoch is None or best_epoch == epoch:
+        return "it keeps best weights without a best epoch before its last one"
+    if not all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point()):
+        return "its best epoch's weights are NaN or infinite"
     return None
 
 
@@ -216,25 +209,7 @@ def _problem(state, best=False):
     return _hooks_problem(state.get("hooks", {})) or _best_weights_problem(state.get("hooks", {}), model, epoch)
 
 
-def _best_weights_problem(hooks, model, epoch):
-    """What is wrong with the best epoch's weights early stopping keeps in the checkpoint, or ``None``: they
-    must be finite and have the model's names and shapes, and belong to an epoch the history holds."""
-    stopping = hooks.get("early_stopping") or {}
-    best_epoch, weights = stopping.get("best_epoch"), stopping.get("best_model")
-    if best_epoch is not None and best_epoch > epoch:
-        return f"its best epoch {best_epoch} is after its last epoch {epoch}"
-    if weights is None:
-        return None
-    if not (isinstance(weights, dict) and set(weights) == set(model)
-            and all(isinstance(v, torch.Tensor) and v.shape == model[k].shape and v.dtype == model[k].dtype
-                    for k, v in weights.items())):
-        return "its best epoch's weights do not match its model weights"
-    if best_epoch is None or best_epoch == epoch:
-        return "it keeps best weights without a best epoch before its last one"
-    if not all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point()):
-        return "its best epoch's weights are NaN or infinite"
-    return None
-
+# --- loading ------------------------------------------------------------------------------------------
 
 #: what the first bytes of some common files say they are (a PyTorch checkpoint is a zip archive)
 _MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"\x1f\x8b", "a gzip file"),
@@ -304,49 +279,106 @@ def load_checkpoint(path, map_location="cpu", config=None, best=False):
     return state
 
 
+# --- restoring ----------------------------------------------------------------------------------------
+
+
+def _weights_mismatch(own, saved):
+    """How the weights ``saved`` (name -> tensor) differ from a model's ``own`` state dict in what
+    ``load_state_dict`` needs (names, shapes, floating or not), or ``None``."""
+    missing, unexpected = [k for k in own if k not in saved], [k for k in saved if k not in own]
+    if missing or unexpected:
+        return (f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(unexpected[:3])}") \
+            + (", ..." if len(missing or unexpected) > 3 else "")
+    for key, value in saved.items():
+        if not isinstance(value, torch.Tensor) or value.shape != own[key].shape:
+            return f"{key} has shape {tuple(getattr(value, 'shape', ()))}, the model {tuple(own[key].shape)}"
+        if value.is_floating_point() != own[key].is_floating_point():
+            return f"{key} holds {value.dtype} numbers, the model {own[key].dtype}"
+    return None
+
+
+def _mismatch_error(where, detail):
+    return CheckpointError(f"checkpoint {where} does not match this model ({detail}); rebuild the model from the "
+                           f"run's config.json")
+
+
 def load_state(vae, state_dict, where):
-    """``vae.load_state_dict`` with a one-line error naming the mismatch (names, shapes, or kinds of number)."""
-    own = vae.state_dict()
-    for key, value in state_dict.items():
-        if key in own and isinstance(value, torch.Tensor) and value.is_floating_point() != own[key].is_floating_point():
-            raise CheckpointError(f"checkpoint {where} does not match this model ({key} holds {value.dtype} numbers, "
-                                  f"the model {own[key].dtype}); rebuild the model from the run's config.json")
+    """``vae.load_state_dict`` with a one-line error naming the mismatch (names, shapes, or kinds of number),
+    found before any weight is copied."""
+    detail = _weights_mismatch(vae.state_dict(), state_dict)
+    if detail:
+        raise _mismatch_error(where, detail)
     try:
         vae.load_state_dict(state_dict)
     except (RuntimeError, ValueError, TypeError) as e:
-        detail = " ".join(str(e).split())[:200]
-        raise CheckpointError(f"checkpoint {where} does not match this model ({detail}); "
-                              f"rebuild the model from the run's config.json") from None
+        raise _mismatch_error(where, " ".join(str(e).split())[:200]) from None
 
 
-def short(value, size=60):
-    """``repr(value)`` on one line (a tensor's spans several) and at most ``size`` characters."""
-    return " ".join(repr(value).split())[:size]
+def _trial_step(optimizer):
+    """One step of ``optimizer`` (a throw-away copy) with zero gradients: what the first step of a resumed run
+    reads of its state (step counts, running averages shaped like their weights, the groups' settings)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            p.grad = torch.zeros_like(p)
+    optimizer.step(lambda: torch.zeros(()))
 
 
-def _typed(value):
-    """``value`` with booleans told apart from numbers (``True == 1`` in Python, not in a config)."""
-    if isinstance(value, bool):
-        return ("bool", value)
-    if isinstance(value, (list, tuple)):
-        return [_typed(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _typed(v) for k, v in value.items()}
-    return value
+#: what a ``load_state_dict`` or a step given a damaged or foreign state raises
+_LOAD_ERRORS = (ValueError, KeyError, RuntimeError, TypeError, IndexError, AttributeError, ZeroDivisionError,
+                OverflowError)
 
 
-def same(saved, current):
-    """Whether two configs (JSON values) are equal, a boolean never equal to a number."""
-    return _typed(saved) == _typed(current)
+def check_restorable(state, vae, optimizer, scheduler=None, where="the checkpoint"):
+    """Refuse, before anything is restored, a checkpoint whose states would not load or not run.
 
+    ``state`` is a checkpoint checked by :func:`load_checkpoint`. Its weights must fit ``vae`` (names, shapes,
+    kinds of number), and its optimizer state and learning-rate schedule state must load, with their own
+    ``load_state_dict``, into throw-away copies -- a deep copy of ``optimizer`` (over copies of its parameters)
+    and ``scheduler(copy)`` -- which then take one step each, as the first epoch will. Neither ``vae`` nor
+    ``optimizer`` changes, nor the random streams; after this, restoring the same states into them succeeds.
 
-def first_difference(saved, current):
-    """``"key: saved X, now Y"`` for the first key (in sorted order) whose value differs between two dicts."""
-    for key in sorted(set(saved) | set(current), key=str):
-        if not same(saved.get(key), current.get(key)):
-            return f"{key}: saved {short(saved.get(key))}, now {short(current.get(key))}"
-    return "unknown difference"
+    :param optimizer: the run's ``torch.optim`` optimizer, not yet restored.
+    :param scheduler: the run's ``optimizer -> lr_scheduler`` factory, or ``None`` when the run has no schedule.
+    :param where: the checkpoint's path, for the messages.
+    :raises CheckpointError: one line naming what does not load.
+    """
+    detail = _weights_mismatch(vae.state_dict(), state["model"])
+    if detail:
+        raise _mismatch_error(where, detail)
+    schedule = (state.get("hooks") or {}).get(SCHEDULE)
+    if schedule and scheduler is None:
+        raise CheckpointError(f"{where} is damaged: it holds a learning-rate schedule state, but the run has no "
+                              f"schedule; restore a complete copy or start a new run")
 
+    def refused(what, error):
+        return CheckpointError(f"the {what} state in {where} does not load into this {what} ({_detail(error)}); "
+                               f"resume with the {what} the run was trained with, or restore a complete copy")
 
-#: settings a resumed run may change: the number of epochs and processes, the command line, and the two
-#: remedies a diverged run needs (a smaller learning rate, gradient clipping)
+    trial = copy.deepcopy(optimizer)
+    device = next(iter(vae.parameters()), torch.zeros(())).device
+    with forked_rng(device), warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # e.g. a schedule stepped before its optimizer: of no matter in a copy
+        try:
+            # copies: load_state_dict keeps the tensors it is given (on their device), which the step changes
+            trial.load_state_dict(copy.deepcopy(state["optimizer"]))
+        except _LOAD_ERRORS as e:
+            raise refused("optimizer", e) from None
+        # the factory's own errors are the run's (LRSchedule names them), not the checkpoint's
+        trial_scheduler = scheduler(trial) if schedule else None
+        stepped = hasattr(trial_scheduler, "load_state_dict") and hasattr(trial_scheduler, "step")
+        try:
+            if stepped:
+                trial_scheduler.load_state_dict(copy.deepcopy(schedule))
+        except _LOAD_ERRORS as e:
+            raise refused("learning-rate schedule", e) from None
+        try:
+            _trial_step(trial)
+        except _LOAD_ERRORS as e:
+            raise refused("optimizer", e) from None
+        try:
+            if stepped and isinstance(trial_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                trial_scheduler.step(0.0)
+            elif stepped:
+                trial_scheduler.step()
+        except _LOAD_ERRORS as e:
+            raise refused("learning-rate schedule", e) from None

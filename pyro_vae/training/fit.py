@@ -13,9 +13,7 @@ files, progress, logging — is a hook (:mod:`pyro_vae.hooks`); the run folder i
 """
 
 import contextlib
-import copy
 import dataclasses
-import logging
 import math
 import numbers
 import time
@@ -24,30 +22,26 @@ import warnings
 import torch
 
 import pyro
-from pyro.infer import (JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO, JitTraceMeanField_ELBO, RenyiELBO,
-                        Trace_ELBO)
-from pyro.ops.jit import CompiledFunction
+from pyro.infer import RenyiELBO, Trace_ELBO
 
 from . import processes as parallel
-from ..evaluate import scores as evaluate
+from .. import evaluate
 from ..inference import replay as fast
-from ..inference.traces import LatentWeight
+from ..inference.traces import LatentWeight, no_param_store
 from . import hooks as hooks_module
-from ..files import save_json
-from ..runs.checkpoint import load_state
-from ..runs.folder import CONFIG, RunFolder
-from ..models.contract import check_model, default_loss, enumerates
-from .processes import resolve_device  # noqa: F401 (part of this module's interface since the start)
+from ..runs.checkpoint import CHECKPOINT, check_restorable, load_state
+from ..runs.folder import RunFolder
+from ..models.contract import check_model, default_loss
+from .processes import resolve_device
+from .steps import JIT_ELBOS, REPLAY_CHECK_IMAGES, StepChoice, choose_step, needs_param_sites, quiet_first_call
 from ..errors import CheckpointError, ConfigError
 from ..models.registry import build_vae
 from ..checks import forked_rng, positive_int, positive_number
 
-#: Pyro's ELBOs that trace the model and guide once with ``torch.jit`` and replay the compiled graph
-JIT_ELBOS = (JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO, JitTraceMeanField_ELBO)
-
-#: images of the batch on which an automatically chosen replay step is checked against the model before every
-#: epoch after the first (a graph and an eager run of them: milliseconds)
-REPLAY_CHECK_IMAGES = 8
+# choose_step, JIT_ELBOS, REPLAY_CHECK_IMAGES (training.steps) and resolve_device (training.processes) are
+# part of this module's interface (pv.train) since before they moved
+__all__ = ["fit", "check_dataset", "standard_hooks", "FitSettings", "Trainer", "RebuildWarning", "choose_step",
+           "JIT_ELBOS", "REPLAY_CHECK_IMAGES", "resolve_device"]
 
 
 class RebuildWarning(UserWarning):
@@ -75,8 +69,9 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
     :param int batch_size: images per step.
     :param float lr: learning rate.
     :param loss: a Pyro ELBO instance (default ``Trace_ELBO()``, or ``TraceEnum_ELBO(max_plate_nesting=1)``
-        for a model with enumerated sites, e.g. :class:`~pyro_vae.extended.GMVAE`); e.g. ``TraceMeanField_ELBO()`` for an
-        analytic KL, ``RenyiELBO(alpha=0, num_particles=5, vectorize_particles=True)`` for IWAE, or
+        for a model with enumerated sites, e.g. :class:`~pyro_vae.extended.GMVAE`); e.g.
+        ``TraceMeanField_ELBO()`` for an analytic KL, ``RenyiELBO(alpha=0, num_particles=5,
+        vectorize_particles=True)`` for IWAE, or
         ``JitTrace_ELBO()``: the default's estimator traced once by ``torch.jit`` (on one batch, before
         the first step of each ``fit`` call, outside the run's random stream so that resumed runs stay
         exact) and replayed, without Pyro's Python work per step; right for models whose structure does
@@ -239,9 +234,7 @@ class FitSettings:
             raise ConfigError(f"warmup must be a non-negative number of epochs, got {warmup!r}")
         if resume and checkpoint_dir is None:
             raise ConfigError("resume=True needs checkpoint_dir (the run folder to resume from)")
-        if resume and overwrite:
-            raise ConfigError("resume (--resume) continues the run in the folder and overwrite (--overwrite) "
-                              "replaces it; pass only one")
+        RunFolder.check_request(resume, overwrite)   # early: the folder is opened on rank 0 only
         loss = loss if loss is not None else Trace_ELBO()
         # Pyro's poutine.scale, which weights the latent sites, takes positive weights only
         settings = cls(epochs=positive_int("epochs", epochs), batch_size=positive_int("batch_size", batch_size),
@@ -291,8 +284,9 @@ class FitSettings:
         return out
 
 
-class Trainer:
-    """The state of one ``fit`` call, which the loop drives and the hooks read and change.
+class Trainer(StepChoice):
+    """The state of one ``fit`` call, which the loop drives and the hooks read and change; its step is chosen
+    by :class:`~pyro_vae.training.steps.StepChoice`.
 
     Attributes hooks use: ``vae``, ``optimizer``, ``parameters``, ``train``, ``test`` (``None`` on processes
     other than rank 0), ``settings``, ``processes``, ``device``, ``run`` (the :class:`~pyro_vae.checkpoint.RunFolder`
@@ -318,115 +312,23 @@ class Trainer:
         self.parameters = list(vae.parameters())
         self.optimizer = (optimizer or torch.optim.Adam)(self.parameters, lr=settings.lr)
         loss = loss if loss is not None else Trace_ELBO()
-        self.elbo = _without_compiled_graphs(loss) if isinstance(loss, JIT_ELBOS) else loss
+        # a JIT ELBO's graph of an earlier fit call would train that call's model again
+        self.elbo = fast.uncompiled_copy(loss) if isinstance(loss, JIT_ELBOS) else loss
         self.kl_weight = LatentWeight(1.0)
         self.batch_size = settings.batch_size
         self._replay_check = None
         self.step = self._choose_step(contract)
-        self.registers = getattr(vae, "register_params", None)
-        if self.registers is not None and not _needs_param_sites(self.elbo):
-            vae.register_params = False
+        # model and guide skip pyro.module while fit trains (the optimizer holds the module's parameters), up
+        # to close(), unless the ELBO reads its parameters from param sites
+        self._param_store = contextlib.ExitStack()
+        if not needs_param_sites(self.elbo):
+            self._param_store.enter_context(no_param_store(vae))
         self.steps_per_epoch = self.train.num_batches(settings.batch_size, shard=processes.shard)
         self.images_per_epoch = math.ceil(len(train) / processes.world_size) * processes.world_size
         self.run, self.hooks, self._saved = None, None, {}
         self.history, self.epochs_done, self.epoch = [], 0, 0
         self.losses, self.epoch_losses, self.epoch_started = [], None, None
         self.stop, self.error, self.best_epoch, self.test_scores = False, None, None, None
-
-    # --- the step -----------------------------------------------------------------------------------
-
-    def _choose_step(self, contract):
-        """The step function of this run; sets ``settings.step`` (``"replay"`` or ``"pyro"``) and ``step_reason``.
-
-        Automatically (``compile=None``): the replay step wherever it computes this ELBO's estimator exactly,
-        which :func:`choose_step` decides on :meth:`probe_batches`; their signatures are traced here, before
-        anything is written, so that a model the tracer cannot follow falls back now, and the same way on
-        resume. Later, it falls back in place, with a warning and config.json updated, where a trace fails on a
-        batch shape no probe had (:meth:`_trace_failed`) or, before every epoch after the first, the graph no
-        longer computes what the model does (:meth:`_check_replay`).
-        """
-        settings = self.settings
-        if settings.requested == "pyro":
-            settings.step, settings.step_reason = "pyro", "compile=False asks for Pyro's own ELBO"
-            return self._pyro_step()
-        auto = settings.requested == "auto"
-        probe = self.probe_batches()
-        if auto:
-            # a few images of the first batch, to check before every later epoch that the graph is still the model's
-            x, y, inputs = probe[0]
-            count = min(REPLAY_CHECK_IMAGES, x.shape[0])
-            check = (x[:count], None if y is None else y[:count], {k: v[:count] for k, v in inputs.items()})
-            probe = probe + [check]
-            with _quiet_first_call():   # a vectorised ELBO's first call logs the plate depth it guesses
-                settings.step, settings.step_reason = choose_step(self.elbo, self.vae, probe, contract)
-            if settings.step == "pyro":
-                return self._pyro_step()
-        else:
-            settings.step = "replay"
-            settings.step_reason = f"compile={settings.requested!r} asks for the sync-free step"
-        step = fast.make_step(self.elbo, self.vae, self.device, mode=settings.compile or "replay",
-                              on_trace_error=self._trace_failed if auto else None)
-        training = self.vae.training
-        self.vae.train()   # the mode the loop trains in, part of a graph's signature
-        try:
-            with _quiet_first_call():
-                for x, y, inputs in probe:
-                    step.prepare(x, y, **inputs)
-        except ConfigError as error:
-            if not auto:
-                raise
-            settings.step, settings.step_reason = "pyro", f"the sync-free step cannot trace this model: {error}"
-            return self._pyro_step()
-        finally:
-            self.vae.train(training)
-        if auto:
-            self._replay_check = (step, check)
-        return _fast_step(step, self.kl_weight if settings.weighted else None)
-
-    def _pyro_step(self):
-        model, guide = self.vae.model, self.vae.guide
-        if self.settings.weighted:
-            model, guide = self.kl_weight(model), self.kl_weight(guide)
-        return _loss_step(self.elbo, model, guide)
-
-    def probe_batches(self):
-        """Training batches chosen to differ, made outside the run's random stream: the loop's first two and its
-        last (so every batch shape the loop will see), and with labels, the batches of the lowest and of the
-        highest labels (unlabelled images, -1, come first: e.g. none and all labelled)."""
-        with forked_rng(self.device):
-            loop = list(self.batches(torch.Generator().manual_seed(0)))
-            chosen = loop[:2] + loop[-1:] if len(loop) > 2 else loop
-            labels = self.train.labels
-            if labels is not None:
-                order = torch.argsort(labels.cpu(), stable=True)
-                for index in (order[:self.batch_size], order.flip(0)[:self.batch_size]):
-                    part = self.train.subset(index)
-                    chosen.append(next(self._batches_of(part, len(part), shuffle=False)))
-        return chosen
-
-    def _trace_failed(self, error):
-        """Go on with Pyro's own ELBO from the next step on (this one's loss and gradients are complete)."""
-        self._fall_back(f"the sync-free step could not trace a batch: {error}")
-
-    def _check_replay(self):
-        """Fall back to Pyro's own ELBO if the model no longer computes what its graph does (see
-        :meth:`pyro_vae.fast.make_step`'s ``check``): a callback or hook changed it since the trace."""
-        step, (x, y, inputs) = self._replay_check
-        problem = step.check(x, y, **inputs)
-        if problem is not None:
-            self._fall_back(f"{problem}, before epoch {self.epoch}")
-
-    def _fall_back(self, reason):
-        settings = self.settings
-        settings.step, settings.step_reason = "pyro", reason
-        self.step = self._pyro_step()
-        self._replay_check = None
-        warnings.warn(f"{settings.step_reason}; training goes on with Pyro's own {type(self.elbo).__name__} "
-                      f"(recorded in config.json; resume with compile=False, --step pyro)", RuntimeWarning)
-        if self.run is not None and self.processes.is_main:
-            config = self.run.config()
-            config["fit"].update(step=settings.step, step_reason=settings.step_reason)
-            save_json(config, self.run.file(CONFIG))
 
     # --- the run folder ---------------------------------------------------------------------------
 
@@ -437,6 +339,7 @@ class Trainer:
         self.run = RunFolder(folder, main=self.processes.is_main)
         config = {"vae": self.vae.config, "fit": self.settings.recorded(), **(run_info or {})}
         if resume:
+            self._refuse_changed_cosine_epochs()
             self._match_recorded_step(config["fit"])
         problem = None
         if self.processes.is_main:
@@ -453,40 +356,33 @@ class Trainer:
             state = self.run.resumed_state if self.processes.is_main else self.run.load_checkpoint()
             self._restore(state)
 
-    def _match_recorded_step(self, fit):
-        """Make ``fit`` (the settings to resume with) state the step as the run being resumed records it.
-
-        A run recorded before ``fit`` chose its step has no ``step`` entry: it trained on Pyro's own ELBO
-        unless its ``compile`` entry (compared as before) says otherwise, and goes on that way, with its
-        config.json as it was. Otherwise the step must be the recorded one (compared as any setting); its
-        reason is kept as recorded, as the same choice may be worded differently (``compile=False`` or an
-        ELBO the replay does not compute).
-        """
+    def _refuse_changed_cosine_epochs(self):
+        """A cosine schedule over the run's epochs (``T_max`` the epochs the run started with, kept in the
+        checkpoint) resumed with another number of epochs would climb back up from 0 after them, or stop short
+        of 0. Refused (:class:`ConfigError`) before anything is written, as ``pyro-vae train`` refuses
+        ``--lr-schedule cosine --resume`` with another ``--epochs``. A cosine schedule over another number of
+        epochs than the run's (``T_max=50`` for a run resumed up to 50 epochs) is the caller's choice."""
+        if self.settings.scheduler_factory is None:
+            return
         try:
             saved = self.run.config().get("fit")
         except CheckpointError:
             return   # RunFolder.open says what is wrong with the folder
-        if not isinstance(saved, dict):
+        epochs = saved.get("epochs") if isinstance(saved, dict) else None
+        if not isinstance(epochs, int) or epochs == self.settings.epochs or not _cosine_over(self.settings, epochs):
             return
-        if "step" not in saved:
-            fit.pop("step", None)
-            fit.pop("step_reason", None)
-            if self.settings.requested == "auto" and self.settings.step != "pyro":
-                self.settings.step = "pyro"
-                self.settings.step_reason = "the run resumed was recorded before fit chose its step: Pyro's own ELBO"
-                self.step, self._replay_check = self._pyro_step(), None
-        elif saved.get("step") == fit.get("step") and "step_reason" in saved:
-            fit["step_reason"] = self.settings.step_reason = saved["step_reason"]
+        raise ConfigError(f"the run in {self.run.path} follows a cosine learning-rate schedule, which decays over "
+                          f"the run's epochs ({epochs}); resume with epochs={epochs} (--epochs {epochs}), or start "
+                          f"a new run for a longer schedule")
 
     def _restore(self, state):
         # on the CPU: the RNG states must stay there; load_state_dict puts weights and optimizer state on the
         # parameters' device
-        load_state(self.vae, state["model"], self.run.file("checkpoint.pt"))
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError, RuntimeError, TypeError, IndexError) as e:
-            raise CheckpointError(f"the optimizer state in {self.run.path} does not fit this model or optimizer "
-                                  f"({' '.join(str(e).split())[:120]}); resume with the same optimizer") from None
+        where = self.run.file(CHECKPOINT)
+        # every state is tried on throw-away copies first, so a refused checkpoint restores nothing
+        check_restorable(state, self.vae, self.optimizer, self.settings.scheduler_factory, where=where)
+        load_state(self.vae, state["model"], where)
+        self.optimizer.load_state_dict(state["optimizer"])
         if self.settings.scheduler is None:   # a changed lr applies from now on (a schedule sets its own)
             for group in self.optimizer.param_groups:
                 group["lr"] = self.settings.lr
@@ -530,7 +426,7 @@ class Trainer:
         """
         self.vae.train()   # before a JIT ELBO traces: the graph keeps the mode it was traced in
         self.kl_weight.value = 1.0
-        with forked_rng(self.device), _quiet_first_call():
+        with forked_rng(self.device), quiet_first_call():
             # the batch too: dynamic binarization draws from the global random state
             x, y, inputs = next(self.batches(torch.Generator().manual_seed(0)))
             self.step(x, y, inputs)
@@ -578,12 +474,25 @@ class Trainer:
             if self.hooks is not None:
                 self.hooks.on_fit_end(trainer=self)
         finally:
-            if self.registers is not None:
-                self.vae.register_params = self.registers
+            self._param_store.close()
             if self.run is not None:
                 self.run.release()
             if self.error is None:
                 self.processes.barrier()   # rank 0's last files are on disk before anyone moves on
+
+
+def _cosine_over(settings, epochs):
+    """Whether the run's schedule is a cosine decay over ``epochs`` epochs: named ``"cosine"`` (``pyro-vae
+    train``'s own, built over the run's epochs), or a factory that builds a ``CosineAnnealingLR`` with
+    ``T_max=epochs`` (tried on a throw-away optimizer: the run's is untouched)."""
+    if settings.scheduler == "cosine":
+        return True
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=settings.lr)
+    try:
+        scheduler = settings.scheduler_factory(probe)
+    except Exception:   # a factory that needs the run's own optimizer: LRSchedule builds and checks it later
+        return False
+    return isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) and scheduler.T_max == epochs
 
 
 def _warn_unless_rebuildable(vae):
@@ -591,7 +500,8 @@ def _warn_unless_rebuildable(vae):
     try:
         with forked_rng("cpu"):   # the throwaway model's initial weights must not use the run's random stream
             rebuilt = build_vae(vae.config)
-        same = {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in vae.state_dict().items()}
+        shapes = [{k: v.shape for k, v in module.state_dict().items()} for module in (rebuilt, vae)]
+        same = shapes[0] == shapes[1]
         reason = None if same else "the rebuilt model's weights differ in names or shapes (does its config record " \
                                    "every constructor argument?)"
     except ConfigError as e:
@@ -603,109 +513,3 @@ def _warn_unless_rebuildable(vae):
         warnings.warn(f"config.json alone cannot rebuild this {name} ({reason}); load the run with "
                       f"pv.load_run(folder, model_class={name}, ...) passing the class and any parts of your own",
                       RebuildWarning, stacklevel=3)
-
-
-@contextlib.contextmanager
-def _quiet_first_call():
-    """Silence what Pyro says on an ELBO's first call about its own internals: the plate depth a vectorized ELBO
-    guesses (an INFO line) and torch's deprecation of ``torch.jit.trace`` (which the JIT ELBOs use)."""
-    logger = logging.getLogger("pyro.infer.elbo")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*")
-            warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*torch.jit.*")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
-def _needs_param_sites(elbo):
-    """Whether ``elbo`` reads the parameters from Pyro's param sites rather than from the module.
-
-    ``fit``'s torch optimizer holds the module's parameters, so ``pyro.module`` is only needed by ELBOs that
-    find their parameters in the trace: ``loss_and_grads`` (e.g. ``RenyiELBO``) backpropagates only when the
-    trace has param sites, and the JIT ELBOs pass the param store's values to the traced function.
-    """
-    return not hasattr(elbo, "differentiable_loss") or isinstance(elbo, JIT_ELBOS)
-
-
-def _loss_step(elbo, model, guide):
-    """A function ``(x, y, inputs) -> loss`` that also leaves the loss's gradients in the parameters."""
-    if hasattr(elbo, "differentiable_loss"):
-        objective = elbo(model, guide)   # the ELBO as an nn.Module
-
-        def step(x, y, inputs):
-            loss = objective(*_inputs(x, y), **inputs)
-            loss.backward()
-            return loss.detach()
-    else:  # e.g. RenyiELBO, which computes its gradients itself and returns a float
-        def step(x, y, inputs):
-            return torch.tensor(elbo.loss_and_grads(model, guide, *_inputs(x, y), **inputs))
-    return step
-
-
-def choose_step(elbo, vae, batches, contract=None):
-    """``("replay" | "pyro", reason)``: whether the sync-free replay step computes ``elbo``'s estimator for
-    ``vae`` exactly, decided before training.
-
-    The replay is ``Trace_ELBO``'s estimator (:mod:`pyro_vae.fast`): it needs that exact class (not a
-    subclass such as ``TraceMeanField_ELBO``, whose analytic KL is another estimator, nor a JIT ELBO, which
-    asks for torch.jit's own compilation), no enumerated sites, reparameterised guide sites, and sites that do
-    not change from batch to batch (:func:`pyro_vae.fast.replay_problem`, run on ``batches``). Whether the
-    tracer can follow the model is found by tracing it (``Trainer`` does, on the same batches).
-
-    :param elbo: the ELBO ``fit`` trains with.
-    :param vae: the model.
-    :param batches: list of ``(x, y, inputs)`` to probe (``Trainer.probe_batches``).
-    :param contract: the :class:`~pyro_vae.contract.Contract` of ``vae``, if checked.
-    """
-    name = type(elbo).__name__
-    if type(elbo) is not Trace_ELBO:
-        if isinstance(elbo, JIT_ELBOS):
-            return "pyro", f"{name} asks for Pyro's torch.jit compilation of the ELBO"
-        if enumerates(elbo):
-            return "pyro", f"{name} sums enumerated sites out, which the sync-free step does not"
-        return "pyro", f"the sync-free step computes Trace_ELBO's estimator, not {name}'s"
-    if contract is not None and (contract.enumerated or contract.guide_enumerated):
-        sites = contract.enumerated or contract.guide_enumerated
-        return "pyro", f"the model enumerates {', '.join(map(repr, sites))}, which the sync-free step does not"
-    problem = fast.replay_problem(elbo, vae, batches)
-    if problem is not None:
-        return "pyro", problem
-    return "replay", (f"Trace_ELBO with reparameterised sites that agree on {len(batches)} probed batches: "
-                      f"the sync-free replay computes the same estimator")
-
-
-def _fast_step(step, weight):
-    """A :func:`~pyro_vae.fast.make_step` step as a step of this loop; the KL weight is applied around each call,
-    where the traced graph reads it as an input (wrapping the model instead would freeze it into the graph)."""
-    if weight is None:
-        return lambda x, y, inputs: step(x, y, **inputs)
-
-    def weighted(x, y, inputs):
-        with weight:
-            return step(x, y, **inputs)
-    return weighted
-
-
-def _inputs(x, y):
-    # y only when the data have labels: the JIT ELBOs pass their inputs to a compiled graph, which takes
-    # tensors but not None (model and guide default y to None)
-    return (x,) if y is None else (x, y)
-
-
-def _without_compiled_graphs(elbo):
-    """A copy of a JIT ELBO that has compiled nothing yet (the caller's instance is left as it was).
-
-    A Pyro JIT ELBO builds its compiled function on its first call, as a closure over the ``model`` and
-    ``guide`` of *that* call, and keeps it: called later with another model (a second ``fit`` with the
-    same instance and a new VAE) it traces the first model's program again, so the new VAE got no
-    gradients and did not train, silently. Each ``fit`` therefore starts from a copy without it.
-    """
-    fresh = copy.copy(elbo)
-    for name, value in list(vars(fresh).items()):
-        if isinstance(value, CompiledFunction):
-            delattr(fresh, name)
-    return fresh

@@ -35,10 +35,18 @@ import warnings
 import torch
 from tqdm.auto import tqdm
 
-from ..evaluate import scores as evaluate
+from .. import evaluate
 from ..runs.checkpoint import BEST
 from ..errors import CheckpointError, ConfigError, TrainingError
 from ..checks import forked_rng
+from ..inference.traces import LatentWeight
+from ..models.contract import device_of
+
+# LatentWeight (inference.traces), the KL weight's messenger, is part of this module's interface (pv.hooks) since
+# before it moved
+__all__ = ["Hook", "Hooks", "KLWeight", "FiniteGuard", "TestELBO", "History", "ProgressBar", "LRSchedule",
+           "EarlyStopping", "Checkpoint", "TensorBoard", "Callback", "RunFiles", "LatentWeight", "diverged",
+           "evaluation_seconds", "DIVERGENCE_FACTOR", "QUIET_EVALUATION_SECONDS"]
 
 #: a training objective or test ELBO this many times larger in size than the first epoch's has diverged,
 #: even while it is still finite (it would overflow soon, and the run is lost either way)
@@ -113,7 +121,7 @@ class Hooks:
         for hook in self.hooks:
             try:
                 self._call([hook], "on_fit_end", trainer)
-            except BaseException as e:  # noqa: B902 (a Ctrl-C here must not skip closing the others)
+            except BaseException as e:   # a Ctrl-C here must not skip closing the others
                 first = first or e
         if first is not None and trainer.error is None:
             raise first
@@ -224,7 +232,8 @@ class ProgressBar(Hook):
         self.bar.update()
         step = len(trainer.losses) - 1
         if step % 50 == 0 and not self.bar.disable:   # reading a loss waits for the device: not every step
-            self.bar.set_postfix_str(f"epoch {trainer.epoch} loss/img {trainer.losses[step].item() / trainer.batch_size:.2f}")
+            per_image = trainer.losses[step].item() / trainer.batch_size
+            self.bar.set_postfix_str(f"epoch {trainer.epoch} loss/img {per_image:.2f}")
 
     def on_epoch_end(self, trainer, record):
         test = "" if record.get("test_elbo") is None else f" test ELBO {record['test_elbo']:.2f}"
@@ -258,7 +267,8 @@ class LRSchedule(Hook):
         self.scheduler = self.factory(trainer.optimizer)
         if not hasattr(self.scheduler, "step") or not hasattr(self.scheduler, "state_dict"):
             raise ConfigError(f"scheduler must build a torch.optim.lr_scheduler from the optimizer, got "
-                              f"{type(self.scheduler).__name__}; pass e.g. lambda opt: CosineAnnealingLR(opt, T_max=50)")
+                              f"{type(self.scheduler).__name__}; pass e.g. "
+                              f"lambda opt: CosineAnnealingLR(opt, T_max=50)")
         saved = trainer.saved_state(self.name)
         if saved:
             self.scheduler.load_state_dict(saved)
@@ -445,8 +455,7 @@ def evaluation_seconds(vae, test, num_samples):
     images = max(1, evaluate.MAX_PAIRS // min(num_samples, 100))
     samples = max(1, min(num_samples, evaluate.MAX_PAIRS // images))
     part = test.subset(range(min(len(test), images))) if hasattr(test, "subset") else test[:images]
-    device = next(iter(vae.parameters()), torch.empty(0)).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with forked_rng(device_of(vae)):
         started = time.perf_counter()
         evaluate.log_likelihood(vae, part, num_samples=samples, batch_size=images)
         seconds = time.perf_counter() - started

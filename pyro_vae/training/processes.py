@@ -14,7 +14,6 @@ import os
 
 import torch
 import torch.distributed as dist
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from ..errors import ConfigError
 
@@ -114,15 +113,15 @@ class TorchrunProcesses(SingleProcess):
             dist.broadcast(tensor, 0)
 
     def average_gradients(self, parameters):
-        # one all-reduce for all gradients instead of one per tensor
+        # one all-reduce for all gradients instead of one per tensor: over one flat copy of them all
         grads = [p.grad for p in parameters if p.grad is not None]
         if not grads:
             return
-        flat = _flatten_dense_tensors(grads)
+        flat = torch.cat([grad.reshape(-1) for grad in grads])
         dist.all_reduce(flat)
         flat /= self.world_size
-        for grad, averaged in zip(grads, _unflatten_dense_tensors(flat, grads)):
-            grad.copy_(averaged)
+        for grad, averaged in zip(grads, flat.split([grad.numel() for grad in grads])):
+            grad.copy_(averaged.view_as(grad))
 
     def all_sum(self, tensor):
         total = tensor.clone()

@@ -21,16 +21,17 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import tempfile
 from html import escape
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from . import figures as plots
+from ..files import atomic_write
 from ..models.vae import uses_labels
+from .figures import image_grid, save_explorations
+from .walks import (data_parts, decode_top, image_batch, interpolation_frames, manifold_codes, pair, seeded,
+                    top_dim, top_name, traversal_frames)
 
 __all__ = ["write_html", "explore"]
 
@@ -129,18 +130,19 @@ def _viewer(frames: torch.Tensor, labels: list[str], start: int, zoom: int, name
 def _header(vae, images: torch.Tensor, dataset: str | None, groups) -> str:
     """The page's header; ``groups`` ``((site, size), ...)`` are the sites of the top code."""
     name = type(vae).__name__
-    code_site = getattr(vae, "code_site", "z")
+    code_site = vae.code_site
     tops = ", ".join(f"{site}: {size} dimensions" for site, size in groups)
     if code_site in [site for site, _ in groups]:
         latents = f"latent {tops}"
     else:   # a hierarchy: pictures decode code_site, interpolations and traversals move the top
         latents = f"latent {code_site}: {vae.latent_dim} dimensions, top latent {tops}"
     facts = [latents]
+    parts = dict(vae.named_children())   # the modules it is built of (a wrapped pair may have none of these)
     for part in ("prior", "likelihood", "posterior"):
-        if hasattr(vae, part):
-            facts.append(f"{part} {type(getattr(vae, part)).__name__}")
+        if part in parts:
+            facts.append(f"{part} {type(parts[part]).__name__}")
     if uses_labels(vae):
-        classes = getattr(vae, "num_classes", None)
+        classes = vae.num_classes
         facts.append(f"labels {vae.label_role}" + (f" ({classes} classes)" if classes else ""))
     data = f"{dataset} ({len(images)} images)" if dataset else f"{len(images)} images"
     facts.append(f"data {data}")
@@ -150,18 +152,17 @@ def _header(vae, images: torch.Tensor, dataset: str | None, groups) -> str:
 
 def _manifold_section(vae, label, prior, n: int, tile: int) -> str:
     """Decoded means over an ``n x n`` grid of the 5%..95% quantiles of a 2-D top latent under the model's own
-    prior (``prior``, the draws of :func:`pyro_vae.plots._top_prior` under ``label``)."""
+    prior (``prior``, the draws of :func:`pyro_vae.viz.walks.top_prior` under ``label``)."""
     names = prior.names
-    with plots._seeded(vae):
+    with seeded(vae):
         values = prior.quantiles(torch.linspace(0.05, 0.95, n))    # (n, 2)
         # z1 grows left to right and z2 bottom to top, as in plots.latent_manifold
-        z1, z2 = torch.meshgrid(values[:, 0], values[:, 1].flip(0), indexing="xy")
-        z = torch.stack([z1, z2], dim=-1).reshape(n * n, 2)
-        decoded = plots._decode_top(vae, z.to(vae.device), label).cpu()
-    name = plots._top_name(vae)
+        z = manifold_codes(values)                                 # (n * n, 2)
+        decoded = decode_top(vae, z.to(vae.device), label).cpu()
+    name = top_name(vae)
     under = "" if label is None else f", decoded under the label y={label}"
     # padded, unlike plots.latent_manifold: at a few pixels per image the tiles are otherwise hard to tell apart
-    grid = plots.image_grid(decoded, nrow=n)
+    grid = image_grid(decoded, nrow=n)
     return (f'<section id="manifold"><h2>Manifold of {name}</h2>'
             f'<p class="note">Decoded means over the {n}&times;{n} grid of the 5% to 95% prior quantiles of each '
             f"coordinate of {name}; {names[0]} grows left to right, {names[1]} bottom to top{under}.</p>"
@@ -193,24 +194,23 @@ def write_html(vae, images, path, labels=None, *, dataset: str | None = None, st
     :raises DataError: images of a shape other than ``vae.image_shape``.
     """
     images, labels, dataset = _inputs(images, labels, dataset)
-    images = plots._image_batch(vae, images, "images")
-    a, b = plots._pair(labels, len(images))
+    images = image_batch(vae, images, "images")
+    a, b = pair(labels, len(images))
     y_a = int(labels[a]) if labels is not None and int(labels[a]) >= 0 else None
     tile, frame_zoom = _zoom(vae.image_shape, _TILE_PX), _zoom(vae.image_shape, _FRAME_PX)
-    name = plots._top_name(vae)
+    name = top_name(vae)
 
-    walk = plots._traversal_frames(vae, images[a], span=span, steps=steps, y=y_a, data_images=images,
-                                   data_labels=labels)
+    walk = traversal_frames(vae, images[a], span=span, steps=steps, y=y_a, data_images=images, data_labels=labels)
     label = walk.label   # the first image's label (given or classified) that every decoded picture uses
     under = "" if label is None else f" All are decoded under the label y={label} of the first image."
     sections = []
-    if plots._top_dim(vae) == 2:
+    if top_dim(vae) == 2:
         sections.append(_manifold_section(vae, label, walk.prior, _MANIFOLD_N, tile))
     else:
-        grid = plots.image_grid(walk.images.flatten(0, 1), nrow=walk.images.shape[1])
+        grid = image_grid(walk.images.flatten(0, 1), nrow=walk.images.shape[1])
         rows = ", ".join(walk.names[d] for d in walk.dims)
         sections.append(f'<section id="manifold"><h2>Traversal grid of {name}</h2>'
-                        f'<p class="note">The top latent has {plots._top_dim(vae)} dimensions, so instead of a 2-D '
+                        f'<p class="note">The top latent has {top_dim(vae)} dimensions, so instead of a 2-D '
                         f"manifold: one row per most active dimension ({rows}), each moved from &minus;{span:g} "
                         f"to +{span:g} prior standard deviations about the first image's code.{under}</p>"
                         f'{_img(grid, tile, "grid traversal-grid", f"traversal grid of {name}")}</section>')
@@ -223,7 +223,7 @@ def write_html(vae, images, path, labels=None, *, dataset: str | None = None, st
         coordinate = walk.names[d]
         captions = [f"{float(o):+.2f} sd ({coordinate} = {float(v):.2f})" for o, v in zip(walk.offsets, values)]
         active = "" if walk.activity is None else f" · variance of posterior means {float(walk.activity[d]):.3f}"
-        strip = plots.image_grid(frames, nrow=len(frames))
+        strip = image_grid(frames, nrow=len(frames))
         strips.append(f'<div class="traversal" data-dim="{d}"><h3>{coordinate}{active}</h3><div class="row">'
                       f'{_img(strip, tile, "strip", f"traversal of {coordinate}")}'
                       f'{_viewer(frames, captions, mid, frame_zoom, coordinate)}</div></div>')
@@ -233,9 +233,9 @@ def write_html(vae, images, path, labels=None, *, dataset: str | None = None, st
                     f"one step at a time, the strip all of them. Most active dimensions first.{under}</p>"
                     + "".join(strips) + "</section>")
 
-    path_ab = plots._interpolation_frames(vae, images[a], images[b], steps=steps, y=y_a)
+    path_ab = interpolation_frames(vae, images[a], images[b], steps=steps, y=y_a)
     decoded = path_ab.images[0]
-    strip = plots.image_grid(torch.cat([path_ab.inputs_a, decoded, path_ab.inputs_b]), nrow=len(decoded) + 2)
+    strip = image_grid(torch.cat([path_ab.inputs_a, decoded, path_ab.inputs_b]), nrow=len(decoded) + 2)
     captions = [f"t = {float(t):.2f}" for t in path_ab.fractions]
     sections.append(f'<section id="interpolation"><h2>Interpolation</h2>'
                     f'<p class="note">From image {a} (left) to image {b} (right) along the straight line between '
@@ -244,7 +244,7 @@ def write_html(vae, images, path, labels=None, *, dataset: str | None = None, st
                     f'{_viewer(decoded, captions, 0, frame_zoom, "interpolation")}</div></section>')
 
     x = images[:_RECONSTRUCTIONS]
-    with plots._seeded(vae):
+    with seeded(vae):
         if uses_labels(vae) and labels is not None:
             recon = vae.reconstruct(x.to(vae.device), labels[: len(x)].to(vae.device)).cpu()
         else:
@@ -252,11 +252,11 @@ def write_html(vae, images, path, labels=None, *, dataset: str | None = None, st
         drawn = vae.sample(_SAMPLES).cpu()
     sections.append(f'<section id="reconstructions"><h2>Reconstructions</h2>'
                     f'<p class="note">Top: the first {len(x)} images; bottom: their decoded posterior means.</p>'
-                    f'{_img(plots.image_grid(torch.cat([x, recon]), nrow=len(x)), tile, "grid", "reconstructions")}'
+                    f'{_img(image_grid(torch.cat([x, recon]), nrow=len(x)), tile, "grid", "reconstructions")}'
                     f"</section>")
     sections.append(f'<section id="samples"><h2>Samples</h2>'
                     f'<p class="note">Mean images of {_SAMPLES} codes drawn from the prior (fixed seed).</p>'
-                    f'{_img(plots.image_grid(drawn, nrow=8), tile, "grid", "samples")}</section>')
+                    f'{_img(image_grid(drawn, nrow=8), tile, "grid", "samples")}</section>')
 
     if metrics and metrics.get("diagnostics"):
         sections.append(_diagnostics_section(metrics))
@@ -314,28 +314,20 @@ def _diagnostics_section(metrics: dict) -> str:
 
 
 def _write_text(text: str, path) -> Path:
-    """Write ``text`` to ``path`` atomically (a temporary file in the same folder, then a rename)."""
+    """Write ``text`` to ``path`` as UTF-8, atomically (:func:`pyro_vae.files.atomic_write`); return the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # a name read from a file system may hold bytes that are not UTF-8 (lone surrogates): shown as U+FFFD
-        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as file:
-            file.write(text)
-        os.chmod(tmp, 0o644)   # mkstemp makes it private; the page is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # a name read from a file system may hold bytes that are not UTF-8 (lone surrogates): written as "?"
+    data = text.encode("utf-8", errors="replace")
+    atomic_write(path, lambda f: f.write(data))
     return path
 
 
 def _inputs(images, labels, dataset):
     """``(images, labels (N,) int64 CPU or None, dataset name)``, reading them from an ImageDataset if given one."""
-    if hasattr(images, "images"):
-        labels = getattr(images, "labels", None) if labels is None else labels
+    if hasattr(images, "images"):   # an ImageDataset
         dataset = getattr(images, "name", None) if dataset is None else dataset
-        images = images.images
+        images, own = data_parts(images)
+        labels = own if labels is None else labels
     if labels is not None:
         labels = torch.as_tensor(labels).detach().cpu().to(torch.int64)
     return images, labels, dataset
@@ -358,7 +350,7 @@ def explore(vae, images, out_dir, labels=None, html: bool = False, *, dataset: s
     :return: ``{"interpolation": path, "traversal": path[, "explorer": path]}``.
     """
     images, labels, dataset = _inputs(images, labels, dataset)
-    paths = plots._explorations(vae, images, labels, out_dir)
+    paths = save_explorations(vae, images, labels, out_dir)
     if html:
         paths["explorer"] = write_html(vae, images, Path(out_dir) / "explorer.html", labels=labels, dataset=dataset,
                                        metrics=metrics)

@@ -2,24 +2,22 @@
 
 Every function builds a :class:`matplotlib.figure.Figure` directly instead of going through
 ``pyplot``, so nothing here touches global figure state: it works headless, in threads, and never
-needs a display backend. Each returns the figure and, when ``path`` is given, also writes it as a PNG.
+needs a display backend. Each returns the figure and, when ``path`` is given, also writes it as a PNG
+(atomically, :func:`pyro_vae.files.atomic_write`).
 
-The VAE is duck-typed; it needs ``image_shape``, ``latent_dim``, ``device`` and the methods
-``encode``, ``generate``, ``reconstruct`` and ``sample`` (see :mod:`pyro_vae.model`). Interpolations and
-traversals move along the model's *top* latent variable (``top_dim``, ``top_codes``, ``decode_top``: z for
-the one-layer models, z2 for :class:`~pyro_vae.extended.HierarchicalVAE`); a model without those methods
-is taken to have z as its top latent (``latent_dim``, ``encode(x)[0]``, ``generate``).
+The VAE needs ``image_shape``, ``latent_dim``, ``device`` and the methods ``encode``, ``generate``,
+``reconstruct`` and ``sample`` (see :mod:`pyro_vae.model`), and the interface that
+:class:`~pyro_vae.models.vae.VAE` declares for pictures (``code_site``, ``top_sites``, ``label_role``, ...).
+Interpolations and traversals move along the model's *top* latent variable (``top_dim``, ``top_codes``,
+``decode_top``: z for the one-layer models, z2 for :class:`~pyro_vae.extended.HierarchicalVAE`); the codes they
+decode are computed in :mod:`pyro_vae.viz.walks`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import tempfile
 import warnings
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -28,9 +26,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid
 
-from ..errors import ConfigError, DataError
-from ..models.vae import VAE, uses_labels
-from ..checks import MAX_IMAGES, forked_rng, positive_int
+from ..checks import forked_rng
+from ..errors import ConfigError
+from ..files import save_figure
+from ..models.vae import uses_labels
+from .walks import (SitesError, Traversal, data_parts, encode_means, interpolation_frames, manifold_codes, pair,
+                    prior_quantiles, top_name, traversal_frames)
 
 __all__ = [
     "image_grid",
@@ -42,48 +43,21 @@ __all__ = [
     "curves",
     "interpolation",
     "traversal",
+    "save_explorations",
     "save_all",
 ]
 
 _DPI = 100
-# Encoding a whole test set at once can exhaust GPU memory for large images.
-_ENCODE_BATCH = 512
 # Integer labels with at most this many distinct values get one colour each and a legend.
 _MAX_CLASSES = 20
-# Traversals show at most this many latent dimensions (rows) when they choose the dimensions themselves.
-_MAX_TRAVERSAL_ROWS = 10
-# Activity (variance of the posterior means) is measured on at most this many images: enough to rank
-# dimensions, and cheap even for a conditional VAE that has to classify every unlabelled image.
-_ACTIVITY_IMAGES = 1000
-# Ancestral draws of the top code from the model's own prior (its standard deviations and quantiles; about 1.5%
-# standard error for a standard deviation, finer than a picture shows), made in chunks of _PRIOR_CHUNK images:
-# each runs the whole model, decoder included, so the chunk bounds the memory of a convolutional decoder.
-_PRIOR_DRAWS = 5000
-_PRIOR_CHUNK = 1000
-# The 2-D manifold's grid is made of quantiles, which need more draws than a standard deviation does.
-_MANIFOLD_DRAWS = 20000
-
-
-def _save(fig: Figure, path) -> None:
-    """Write ``fig`` to ``path`` as a PNG, atomically, so readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=_DPI)
-        # mkstemp creates the file private (0600); figures are meant to be shared.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _finish(fig: Figure, path) -> Figure:
-    if path is not None:
-        _save(fig, path)
-    return fig
+    """``fig``, written to ``path`` as a PNG first (atomically) unless ``path`` is ``None``.
+
+    :raises WriteError: the folder cannot be written (disk full, say); an older file at ``path`` is intact.
+    """
+    return save_figure(fig, path, dpi=_DPI)
 
 
 def image_grid(images, nrow: int = 8, padding: int = 2) -> torch.Tensor:
@@ -159,7 +133,7 @@ def samples(vae, n: int = 64, path=None, seed: int | None = None) -> Figure:
     :return: the figure.
     """
     # forked so that seeding a figure does not change the caller's random stream.
-    with _forked_rng(vae), torch.no_grad():
+    with forked_rng(vae.device), torch.no_grad():
         if seed is not None:
             torch.manual_seed(seed)
         images = vae.sample(n).cpu()
@@ -185,9 +159,8 @@ def latent_manifold(vae, n: int = 20, path=None) -> Figure:
     """
     if vae.latent_dim != 2:
         raise ConfigError(f"latent_manifold needs latent_dim == 2, got {vae.latent_dim}; use latent_scatter instead")
-    values = _prior_quantiles(vae, torch.linspace(0.05, 0.95, n))   # (n, 2)
-    z1, z2 = torch.meshgrid(values[:, 0], values[:, 1].flip(0), indexing="xy")  # each (n, n), row-major tiles
-    z = torch.stack([z1, z2], dim=-1).reshape(n * n, 2)
+    values = prior_quantiles(vae, torch.linspace(0.05, 0.95, n))   # (n, 2)
+    z = manifold_codes(values)                                     # (n * n, 2), row-major tiles
     with torch.no_grad():
         images = vae.generate(z.to(vae.device)).cpu()
     fig, ax = _grid_figure(image_grid(images, nrow=n, padding=0), "Latent manifold (decoded means)")
@@ -201,42 +174,6 @@ def latent_manifold(vae, n: int = 20, path=None) -> Figure:
     ax.set_ylabel("z2")
     fig.tight_layout()
     return _finish(fig, path)
-
-
-def _forked_rng(vae):
-    """A block whose random draws (CPU, and the model's GPU if it has one) leave the caller's streams alone."""
-    return forked_rng(vae.device)
-
-
-def _prior_quantiles(vae, probs) -> torch.Tensor:
-    """Quantiles ``(len(probs), 2)`` of each coordinate of the model's codes (see :func:`latent_manifold`)."""
-    if getattr(type(vae), "sample_codes", VAE.sample_codes) is not VAE.sample_codes:   # codes drawn its own way
-        with torch.no_grad(), _forked_rng(vae):
-            torch.manual_seed(0)
-            draws = vae.sample_codes(_MANIFOLD_DRAWS).cpu()
-        return torch.quantile(draws, probs, dim=0)
-    labels = None
-    if getattr(vae, "label_role", "ignored") == "conditioned":
-        # generate() without a label averages over uniform labels, so the codes are drawn under those
-        classes = getattr(vae, "num_classes", 1)
-        labels = lambda n: torch.randint(classes, (n,), device=vae.device)   # noqa: E731
-    code_site = getattr(vae, "code_site", "z")
-    return _prior_draws(vae, (code_site,), vae.latent_dim, "code_site", labels, _MANIFOLD_DRAWS).quantiles(probs)
-
-
-def _encode_means(vae, images, labels=None) -> torch.Tensor:
-    """Posterior means ``(N, latent_dim)`` on the CPU, encoded in batches, given ``labels`` where the
-    model conditions on them. (For a flow posterior such as IAF, the mean of its base Normal.)"""
-    images = torch.as_tensor(images)
-    with_labels = labels is not None and uses_labels(vae)
-    ys = torch.as_tensor(labels)[: len(images)].split(_ENCODE_BATCH) if with_labels else None
-    means = []
-    with torch.no_grad():
-        for i, b in enumerate(images.split(_ENCODE_BATCH)):
-            b = b.to(vae.device)
-            posterior = vae.encode(b, ys[i].to(vae.device)) if with_labels else vae.encode(b)
-            means.append(posterior[0].cpu())
-    return torch.cat(means)
 
 
 def latent_scatter(vae, images, labels=None, path=None, max_points: int = 2000) -> Figure:
@@ -253,7 +190,7 @@ def latent_scatter(vae, images, labels=None, path=None, max_points: int = 2000) 
     :param max_points: cap on plotted points, to keep the figure readable and fast.
     :return: the figure.
     """
-    z = _encode_means(vae, torch.as_tensor(images)[:max_points], labels).double()
+    z = encode_means(vae, torch.as_tensor(images)[:max_points], labels).double()
     if labels is not None:
         labels = torch.as_tensor(labels)[: len(z)].cpu().numpy()
     fig = Figure(figsize=(6.5, 5.5))
@@ -340,199 +277,6 @@ def curves(history, path=None) -> Figure:
     return _finish(fig, path)
 
 
-# --- moving through the top latent: interpolation and traversal ------------------------------------
-
-
-@contextlib.contextmanager
-def _seeded(vae, seed: int = 0):
-    """No autograd, and random draws (a conditional VAE's importance-sampled classifier, draws from a prior)
-    from a fixed seed on a forked stream: pictures are reproducible and the caller's random state is untouched."""
-    with torch.no_grad(), _forked_rng(vae):
-        torch.manual_seed(seed)
-        yield
-
-
-def _top_dim(vae) -> int:
-    return int(vae.top_dim) if hasattr(vae, "top_dim") else int(vae.latent_dim)
-
-
-def _top_sites(vae) -> tuple:
-    """The latent sites whose values, concatenated in this order, make the top code (:attr:`VAE.top_sites`, by
-    default its ``code_site``; a model with neither attribute has z)."""
-    sites = getattr(vae, "top_sites", None)
-    if sites is None:
-        return (getattr(vae, "code_site", "z"),)
-    sites = (sites,) if isinstance(sites, str) else tuple(sites)
-    if not sites or not all(isinstance(s, str) for s in sites):
-        raise ConfigError(f"{type(vae).__name__}.top_sites must name latent sites (a tuple of strings), got "
-                          f"{sites!r:.80}")
-    return sites
-
-
-def _top_name(vae) -> str:
-    """How pictures name the top latent: its site (z, or z2 in a two-layer hierarchy), or its sites in
-    parentheses when the top code joins several."""
-    sites = _top_sites(vae)
-    return sites[0] if len(sites) == 1 else f"({', '.join(sites)})"
-
-
-def _top_codes(vae, x, y=None) -> torch.Tensor:
-    """Top posterior means ``(N, top_dim)`` of images ``x`` ``(N, C, H, W)``; ``y`` reaches only models that use
-    labels (``None`` or -1 entries: the model classifies those images)."""
-    if not hasattr(vae, "top_codes"):
-        return vae.encode(x)[0]
-    return vae.top_codes(x, y) if uses_labels(vae) else vae.top_codes(x)
-
-
-def _decode_top(vae, z, y=None) -> torch.Tensor:
-    """Mean images ``(..., C, H, W)`` of top codes ``z`` ``(..., top_dim)``, under ``y`` where the model uses labels."""
-    if not hasattr(vae, "decode_top"):
-        return vae.generate(z)
-    return vae.decode_top(z, y) if uses_labels(vae) else vae.decode_top(z)
-
-
-def _count(name: str, value) -> int:
-    return positive_int(name, value, MAX_IMAGES)
-
-
-def _image_batch(vae, x, what: str, limit: int | None = None) -> torch.Tensor:
-    """``x`` as a float32 CPU batch ``(N, C, H, W)``: one image ``(C, H, W)`` becomes a batch of one, and only
-    the first ``limit`` images are kept.
-
-    :raises DataError: if the images are not of the model's ``image_shape``, or there are none.
-    """
-    x = torch.as_tensor(x)
-    expected = tuple(vae.image_shape)
-    if x.dim() == 3:
-        x = x.unsqueeze(0)
-    if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-        got = tuple(x.shape[1:]) if x.dim() == 4 else tuple(x.shape)
-        raise DataError(f"{what} has images of shape {got} but the model takes {expected}; pass one image "
-                        f"(C, H, W) or a batch (N, C, H, W) of that shape")
-    if len(x) == 0:
-        raise DataError(f"{what} is an empty batch; pass at least one image")
-    return x[:limit].detach().cpu().float()
-
-
-def _checked_labels(vae, n: int, y):
-    """``y`` as int64 labels ``(n,)`` on the CPU, -1 where unknown, or ``None`` for a model that ignores labels.
-
-    :param y: an int (the same class for all ``n`` images), labels ``(n,)``, or ``None`` (all unknown).
-    :raises ConfigError: for labels that are not integers or outside ``-1 .. num_classes - 1``.
-    :raises DataError: for a number of labels other than ``n``.
-    """
-    if not uses_labels(vae):
-        return None
-    if y is None:
-        return torch.full((n,), -1, dtype=torch.int64)
-    y = torch.as_tensor(y).detach().cpu()
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise ConfigError(f"labels y must be integer classes, got {y.dtype}")
-    y = y.expand(n) if y.dim() == 0 else y
-    if tuple(y.shape) != (n,):
-        raise DataError(f"labels y have shape {tuple(y.shape)} for {n} images; pass one label, or one per image")
-    y = y.to(torch.int64).clone()
-    num_classes = getattr(vae, "num_classes", None)
-    bad = (y < -1) | ((y >= num_classes) if num_classes is not None else False)
-    if bad.any():
-        valid = f"0..{num_classes - 1}" if num_classes is not None else "0 and above"
-        raise ConfigError(f"label {int(y[bad][0])} is out of range: labels y lie in {valid}, or -1 to let the "
-                          f"model classify the image")
-    return y
-
-
-def _classified(vae, x, labels):
-    """``labels`` with the unknown (-1) ones replaced by the class the model gives their image (``vae.classify``);
-    call under :func:`_seeded` (a conditional VAE's classifier samples)."""
-    if labels is None or not (labels < 0).any():
-        return labels
-    if not hasattr(vae, "classify"):
-        raise ConfigError(f"{type(vae).__name__} conditions on labels but cannot classify images; pass y=")
-    labels = labels.clone()
-    unknown = labels < 0
-    labels[unknown] = vae.classify(x[unknown].to(vae.device)).cpu()
-    return labels
-
-
-def _fractions(steps: int) -> torch.Tensor:
-    """``steps`` evenly spaced fractions from 0 to 1 inclusive; one step is the midpoint."""
-    return torch.linspace(0.0, 1.0, steps) if steps > 1 else torch.tensor([0.5])
-
-
-def _perpendicular(u: torch.Tensor) -> torch.Tensor:
-    """A unit vector orthogonal to each unit vector ``u`` ``(..., D)``: the coordinate axis least aligned with it,
-    made orthogonal; zero when ``D == 1``, where none exists."""
-    k = u.abs().argmin(dim=-1, keepdim=True)
-    v = torch.zeros_like(u).scatter_(-1, k, 1.0) - u.gather(-1, k) * u
-    norm = v.norm(dim=-1, keepdim=True)
-    # |v|^2 = 1 - u_k^2 >= 1 - 1/D for the least aligned axis, so it is only ever small for D == 1
-    return torch.where(norm > 0.5, v / norm.clamp_min(1e-12), torch.zeros_like(v))
-
-
-def _interpolate_codes(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor, spherical: bool = False) -> torch.Tensor:
-    """Codes on the path from ``a`` to ``b``.
-
-    Linear: ``(1 - t) a + t b``. Spherical (slerp): the direction turns from ``a/|a|`` to ``b/|b|`` along the
-    great circle at constant angular speed while the length changes linearly from ``|a|`` to ``|b|`` (for codes
-    of equal length, the usual slerp). Codes pointing the same way give the straight line, which is the limit
-    of the circle; opposite codes have no single great circle, so the path turns through a fixed direction
-    perpendicular to ``a`` (see :func:`_perpendicular`); a zero code, or opposite codes in 1-D, fall back to the line.
-
-    :param a: start codes ``(N, D)``.
-    :param b: end codes ``(N, D)``.
-    :param t: fractions ``(T,)``: 0 gives ``a``, 1 gives ``b``.
-    :param spherical: slerp instead of the straight line.
-    :return: codes ``(N, T, D)``.
-    """
-    t = t.to(a)[:, None]                    # (T, 1), against codes (N, 1, D)
-    a, b = a[:, None, :], b[:, None, :]
-    linear = a + t * (b - a)
-    if not spherical:
-        return linear
-    tiny = 1e-6
-    len_a, len_b = a.norm(dim=-1, keepdim=True), b.norm(dim=-1, keepdim=True)
-    ua, ub = a / len_a.clamp_min(tiny), b / len_b.clamp_min(tiny)
-    cos = (ua * ub).sum(-1, keepdim=True).clamp(-1.0, 1.0)
-    across = ub - cos * ua                  # the part of b's direction orthogonal to a's; its length is sin(angle)
-    sin = across.norm(dim=-1, keepdim=True)
-    angle = torch.atan2(sin, cos)           # accurate near 0 and pi, unlike acos
-    flat = sin < tiny
-    opposite = flat & (cos < 0)
-    turn = _perpendicular(ua)
-    # the unit vector a's direction turns towards; irrelevant (zero) for parallel codes, where the angle is 0
-    u = torch.where(flat, torch.where(opposite, turn, torch.zeros_like(across)), across / sin.clamp_min(tiny))
-    angle = torch.where(flat, torch.where(opposite, torch.full_like(angle, math.pi), torch.zeros_like(angle)), angle)
-    path = ((1 - t) * len_a + t * len_b) * (torch.cos(t * angle) * ua + torch.sin(t * angle) * u)
-    degenerate = (len_a < tiny) | (len_b < tiny) | (opposite & (turn.norm(dim=-1, keepdim=True) < 0.5))
-    return torch.where(degenerate, linear, path)
-
-
-class _Interpolation(NamedTuple):
-    inputs_a: torch.Tensor       # (N, C, H, W) the start images, CPU
-    inputs_b: torch.Tensor       # (N, C, H, W) the end images
-    images: torch.Tensor         # (N, T, C, H, W) decoded path
-    fractions: torch.Tensor      # (T,) where along the path each column is
-    labels: torch.Tensor | None  # (N,) the label each row is decoded under, None for label-free models
-
-
-def _interpolation_frames(vae, x_a, x_b, steps=10, spherical=False, y=None) -> _Interpolation:
-    """The images :func:`interpolation` shows, as tensors (also used by :mod:`pyro_vae.explorer`)."""
-    steps = _count("steps", steps)
-    x_a, x_b = _image_batch(vae, x_a, "x_a"), _image_batch(vae, x_b, "x_b")
-    if len(x_a) != len(x_b):
-        raise DataError(f"x_a has {len(x_a)} images but x_b has {len(x_b)}; pass as many of each (one pair per row)")
-    t = _fractions(steps)
-    device = vae.device
-    with _seeded(vae):
-        labels = _classified(vae, x_a, _checked_labels(vae, len(x_a), y))
-        y_dev = None if labels is None else labels.to(device)
-        # both ends under the same label, so the whole row is one class and only the style moves
-        a, b = _top_codes(vae, x_a.to(device), y_dev), _top_codes(vae, x_b.to(device), y_dev)
-        codes = _interpolate_codes(a, b, t.to(device), spherical)                   # (N, T, top_dim)
-        images = _decode_top(vae, codes, None if y_dev is None else y_dev[:, None]).cpu()
-    return _Interpolation(x_a, x_b, images, t, labels)
-
-
 def _label_tiles(ax, image_shape, columns: dict, rows: dict, padding: int = 2) -> None:
     """Tick labels at tile centres of an :func:`image_grid` image; ``columns``/``rows`` map a tile index to its text."""
     _, h, w = image_shape
@@ -570,13 +314,13 @@ def interpolation(vae, x_a, x_b, steps: int = 10, spherical: bool = False, y=Non
     :raises DataError: images of a shape other than ``vae.image_shape``, or unequal numbers of them.
     :raises ConfigError: ``steps < 1``, or a label out of range.
     """
-    result = _interpolation_frames(vae, x_a, x_b, steps, spherical, y)
+    result = interpolation_frames(vae, x_a, x_b, steps, spherical, y)
     t = result.images.shape[1]
     dtype = result.images.dtype
     rows = torch.cat([result.inputs_a[:, None].to(dtype), result.images, result.inputs_b[:, None].to(dtype)], dim=1)
     grid = image_grid(rows.flatten(0, 1), nrow=t + 2)
     kind = "Spherical" if spherical else "Linear"
-    fig, ax = _grid_figure(grid, f"{kind} interpolation between posterior means of {_top_name(vae)}")
+    fig, ax = _grid_figure(grid, f"{kind} interpolation between posterior means of {top_name(vae)}")
     every = max(1, math.ceil(t / 8))   # a tick per column would crowd long rows
     columns = {0: "x_a", **{1 + i: f"{float(f):.2g}" for i, f in enumerate(result.fractions)
                             if i % every == 0 or i == t - 1}, t + 1: "x_b"}
@@ -587,206 +331,12 @@ def interpolation(vae, x_a, x_b, steps: int = 10, spherical: bool = False, y=Non
     return _finish(fig, path)
 
 
-class _SitesError(ConfigError):
-    """The sites a model declares for its codes (``top_sites``, ``code_site``) are not latent sites of the sizes
-    its codes have: the pictures that move codes cannot say how far to move them."""
-
-
-class _TopPrior(NamedTuple):
-    """A code (the top code, or the codes generate() decodes) under the model's own prior: its layout by site,
-    and draws of it."""
-
-    groups: tuple           # ((site, size), ...): the top code is these sites' values concatenated, in order
-    draws: torch.Tensor     # (n, top_dim) ancestral draws (CPU); n = 0 when every coordinate is exact
-    exact: torch.Tensor     # (top_dim,) bool: coordinates drawn from N(0, 1) itself, at every draw made
-
-    @property
-    def names(self) -> list:
-        """``(top_dim,)`` coordinate names, ``site[i]``: ``z[3]``, ``z_style[0]``, ``z2[1]``."""
-        return [f"{site}[{i}]" for site, size in self.groups for i in range(size)]
-
-    def scale(self) -> torch.Tensor:
-        """Marginal standard deviation ``(top_dim,)`` of each coordinate: 1 where exact, else that of the draws."""
-        if self.exact.all():
-            return torch.ones(len(self.exact))
-        return torch.where(self.exact, torch.ones(()), self.draws.std(dim=0))
-
-    def quantiles(self, probs) -> torch.Tensor:
-        """Marginal quantiles ``(len(probs), top_dim)`` of each coordinate at ``probs`` ``(P,)``."""
-        exact = torch.distributions.Normal(0.0, 1.0).icdf(probs)[:, None].expand(-1, len(self.exact))
-        if self.exact.all():
-            return exact
-        return torch.where(self.exact, exact, torch.quantile(self.draws, probs, dim=0))
-
-
-def _standard_coordinates(fn, value) -> torch.Tensor:
-    """Which coordinates ``(size,)`` of a site's draws ``value`` ``(n, size)`` its distribution ``fn`` gave
-    N(0, 1) at every draw: a Normal (under ``to_event``) with loc 0 and scale 1 there."""
-    base = fn
-    while isinstance(base, torch.distributions.Independent):
-        base = base.base_dist
-    if not isinstance(base, torch.distributions.Normal):
-        return torch.zeros(value.shape[-1], dtype=torch.bool)
-    standard = (base.loc == 0) & (base.scale == 1)
-    return torch.broadcast_to(standard, value.shape).reshape(-1, value.shape[-1]).all(dim=0).cpu()
-
-
-def _prior_draws(vae, sites, size, declared, labels=None, draws=_PRIOR_DRAWS) -> _TopPrior:
-    """The layout of a code made of the latent ``sites`` (its values there joined in order, ``size`` in all) and
-    ``draws`` draws of it from the model's own prior: :meth:`VAE.trace_prior` (ancestral sampling through
-    ``model``, so a model whose latents have priors of their own is drawn from those, not from ``vae.prior``). A
-    seeded, forked stream makes the draws the same every time and leaves the caller's random state alone.
-
-    Coordinates whose distribution is N(0, 1) at each of the first ``_PRIOR_CHUNK`` draws are taken as exactly
-    N(0, 1) (a prior's marginal is then N(0, 1) whatever the parents drawn); when every coordinate is, no more
-    draws are made. A model without ``trace_prior`` (duck-typed) is taken to have N(0, I) codes.
-
-    :param str declared: the model's attribute that names the sites (``"top_sites"``, ``"code_site"``), for errors.
-    :param labels: ``n -> y`` (labels ``(n,)``) for models that use them, else ``None``.
-    :raises ConfigError: (:class:`_SitesError`) a site the model does not sample as a latent of shape
-        ``(batch, size)``, or sizes that do not add up to ``size``.
-    """
-    name = type(vae).__name__
-    if getattr(vae, "trace_prior", None) is None:
-        return _TopPrior(((sites[0], size),), torch.zeros(0, size), torch.ones(size, dtype=torch.bool))
-    fix = f"set {name}.{declared} to the latent site{'s' if declared == 'top_sites' else ''} that " + (
-        "top_codes returns, in order" if declared == "top_sites" else "generate() decodes")
-    groups, exact, chunks = None, None, []
-    with _seeded(vae):
-        for _ in range(max(1, draws // _PRIOR_CHUNK)):
-            trace = vae.trace_prior(_PRIOR_CHUNK, None if labels is None else labels(_PRIOR_CHUNK))
-            values, standard = [], []
-            for site in sites:
-                node = trace.nodes.get(site)
-                if node is None or node["type"] != "sample" or node["is_observed"]:
-                    raise _SitesError(f"{name}'s model has no latent site {site!r} to draw codes from; {fix}")
-                value = node["value"]
-                if value.dim() != 2 or value.shape[0] != _PRIOR_CHUNK:
-                    raise _SitesError(f"{name}'s site {site!r} draws values of shape {tuple(value.shape)} for "
-                                      f"{_PRIOR_CHUNK} images; a site of the codes pictures move must be (batch, "
-                                      f"size): inside pyro.plate('data') with .to_event(1)")
-                values.append(value)
-                standard.append(_standard_coordinates(node["fn"], value))
-            if groups is None:
-                groups = tuple((site, value.shape[-1]) for site, value in zip(sites, values))
-                if sum(n for _, n in groups) != size:
-                    counted = "top_dim" if declared == "top_sites" else "latent_dim"
-                    raise _SitesError(f"{name}'s codes have {size} coordinates ({counted}) but its {declared} "
-                                      f"draw{'' if declared == 'top_sites' else 's'} "
-                                      f"{' + '.join(f'{s} {n}' for s, n in groups)}; {fix}")
-                exact = torch.cat(standard)
-                if exact.all():
-                    return _TopPrior(groups, torch.zeros(0, size), exact)
-            else:
-                exact = exact & torch.cat(standard)
-            chunks.append(torch.cat(values, dim=-1).cpu())
-    return _TopPrior(groups, torch.cat(chunks), exact)
-
-
-def _top_prior(vae, label=None) -> _TopPrior:
-    """The top code (:func:`_top_sites`, ``top_dim`` in all) under the model's own prior (:func:`_prior_draws`),
-    drawn under ``label`` (an int) for models that use labels, else ``None``."""
-    labels = None if label is None else (
-        lambda n: torch.full((n,), int(label), dtype=torch.int64, device=vae.device))
-    return _prior_draws(vae, _top_sites(vae), _top_dim(vae), "top_sites", labels)
-
-
-def _activity(vae, images, labels) -> torch.Tensor | None:
-    """Variance over ``images`` ``(N, C, H, W)`` of each top posterior mean, ``(top_dim,)`` (as in
-    :func:`pyro_vae.evaluate.active_units`), or ``None`` for fewer than two images. ``labels`` ``(N,)`` (-1 or
-    ``None``: classified by the model) reach only models that use labels."""
-    if len(images) < 2:
-        return None
-    if labels is not None:
-        labels = torch.as_tensor(labels).cpu()[: len(images)]
-        if len(labels) != len(images):
-            raise DataError(f"data has {len(images)} images but {len(labels)} labels")
-    codes = []
-    for i, batch in enumerate(images.split(_ENCODE_BATCH)):
-        y = None if labels is None else labels[i * _ENCODE_BATCH : (i + 1) * _ENCODE_BATCH].to(vae.device)
-        codes.append(_top_codes(vae, batch.to(vae.device), y).cpu())
-    return torch.cat(codes).var(dim=0)
-
-
-def _check_dims(dims, top: int, name: str) -> list[int]:
-    """``dims`` (an int, or a sequence of ints) as a list of dimensions of a ``top``-dimensional latent."""
-    items = dims.tolist() if isinstance(dims, (torch.Tensor, np.ndarray)) else dims
-    if isinstance(items, (int, np.integer)) and not isinstance(items, bool):
-        items = [items]
-    try:
-        items = list(items)
-    except TypeError:
-        items = []
-    if not items or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 0 <= d < top
-                        for d in items):
-        raise ConfigError(f"dims must be dimensions of the top latent {name}, integers in 0..{top - 1}, "
-                          f"got {dims!r:.80}")
-    return [int(d) for d in items]
-
-
-class _Traversal(NamedTuple):
-    images: torch.Tensor            # (R, T, C, H, W): row r moves coordinate dims[r]
-    dims: list                      # the R dimensions shown
-    offsets: torch.Tensor           # (T,) offsets from the start code, in prior standard deviations
-    scale: torch.Tensor             # (top_dim,) prior marginal standard deviation of each coordinate
-    start: torch.Tensor             # (top_dim,) the code the traversal starts from
-    activity: torch.Tensor | None   # (top_dim,) variance of the top posterior means, None with < 2 images
-    label: int | None               # the label every image is decoded under, None for label-free models
-    prior: _TopPrior                # the top code's sites and prior draws (under that label)
-
-    @property
-    def names(self) -> list:
-        """``(top_dim,)`` coordinate names by site: ``z[3]``, ``z_style[0]``."""
-        return self.prior.names
-
-
-def _traversal_frames(vae, x, dims=None, span=3.0, steps=9, y=None, data_images=None, data_labels=None) -> _Traversal:
-    """The images :func:`traversal` shows, as tensors (also used by :mod:`pyro_vae.explorer`)."""
-    steps = _count("steps", steps)
-    if isinstance(span, bool) or not isinstance(span, (int, float, np.number)) or not math.isfinite(span) or span <= 0:
-        raise ConfigError(f"span must be a positive number of prior standard deviations, got {span!r}")
-    x = _image_batch(vae, x, "x")
-    top = _top_dim(vae)
-    if dims is not None:
-        dims = _check_dims(dims, top, _top_name(vae))
-    labels = _checked_labels(vae, len(x), y)
-    if data_images is not None:
-        data_images = _image_batch(vae, data_images, "data", limit=_ACTIVITY_IMAGES)
-    else:
-        data_images, data_labels = x[:_ACTIVITY_IMAGES], labels
-    device = vae.device
-    with _seeded(vae):
-        activity = _activity(vae, data_images, data_labels)
-        label = _classified(vae, x[:1], None if labels is None else labels[:1])
-        start = _top_codes(vae, x[:1].to(device), None if label is None else label.to(device))[0].cpu()
-        label = None if label is None else int(label[0])
-        prior = _top_prior(vae, label)
-        scale = prior.scale()
-        if dims is None:
-            # most active first; a stable sort keeps index order among ties (all of them with one image)
-            order = torch.arange(top) if activity is None else torch.argsort(activity, descending=True, stable=True)
-            dims = order[:_MAX_TRAVERSAL_ROWS].tolist()
-        offsets = torch.linspace(-float(span), float(span), steps) if steps > 1 else torch.zeros(1)
-        codes = start.expand(len(dims), steps, top).clone()
-        for row, d in enumerate(dims):
-            codes[row, :, d] += offsets * scale[d]
-        images = _decode_top(vae, codes.to(device), label).cpu()
-    return _Traversal(images, dims, offsets, scale, start, activity, label, prior)
-
-
-def _data_parts(data):
-    """``(images, labels)`` of ``data``: a dataset with ``images`` (and ``labels``), a tensor of images, or ``None``."""
-    if data is None:
-        return None, None
-    if hasattr(data, "images"):
-        return data.images, getattr(data, "labels", None)
-    return data, None
-
-
-def _traversal_figure(vae, result: _Traversal) -> Figure:
+def _traversal_figure(vae, result: Traversal) -> Figure:
+    """The figure of :func:`traversal`: ``result.images`` ``(R, T, C, H, W)`` as R rows of T tiles, rows labelled
+    by coordinate (and activity), columns by offset."""
     t = result.images.shape[1]
     grid = image_grid(result.images.flatten(0, 1), nrow=t)
-    name = _top_name(vae)
+    name = top_name(vae)
     decoded = "" if result.label is None else f", decoded as y={result.label}"
     fig, ax = _grid_figure(grid, f"Traversal of {name} from one image's code{decoded}", inches=7.0)
     every = max(1, math.ceil(t / 9))
@@ -836,34 +386,30 @@ def traversal(vae, x, dims=None, span: float = 3.0, steps: int = 9, y=None, path
     :raises ConfigError: a dimension that does not exist, ``steps < 1``, ``span <= 0``, a label out of range.
     :raises DataError: images of a shape other than ``vae.image_shape``.
     """
-    images, labels = _data_parts(data)
-    result = _traversal_frames(vae, x, dims, span, steps, y, images, labels)
+    images, labels = data_parts(data)
+    result = traversal_frames(vae, x, dims, span, steps, y, images, labels)
     return _finish(_traversal_figure(vae, result), path)
 
 
-def _pair(labels, n: int) -> tuple[int, int]:
-    """Indices of two images to interpolate between: the first, and the first of another known class (labels
-    ``(n,)``, -1 unknown), else the second (the first again when there is only one)."""
-    if labels is not None and n > 1:
-        labels = torch.as_tensor(labels).cpu()[:n]
-        if labels[0] >= 0:
-            other = ((labels != labels[0]) & (labels >= 0)).nonzero().flatten()
-            if len(other):
-                return 0, int(other[0])
-    return 0, min(1, n - 1)
+def save_explorations(vae, images, labels, out_dir) -> dict:
+    """Write ``interpolation.png`` and ``traversal.png`` into ``out_dir`` (created if needed), as
+    :func:`save_all` and ``pyro-vae explore`` draw them: the interpolation runs between the two images
+    :func:`~pyro_vae.viz.walks.pair` picks (the first, and the first of another class), the traversal starts
+    from the first and ranks dimensions by their activity over the first 1,000 images.
 
-
-def _explorations(vae, images, labels, out_dir) -> dict:
-    """Write ``interpolation.png`` (between the two images :func:`_pair` picks) and ``traversal.png`` (from the
-    first image; activity over the first 1,000) into ``out_dir``; return ``{name: path}``."""
+    :param images: images ``(N, C, H, W)``.
+    :param labels: labels ``(N,)`` (-1 unknown), or ``None``.
+    :return: ``{"interpolation": path, "traversal": path}``.
+    :raises SitesError: (a :class:`ConfigError`) the model's declared code sites are not latent sites of its model.
+    """
     out_dir = Path(out_dir)
     images = torch.as_tensor(images)
-    a, b = _pair(labels, len(images))
+    a, b = pair(labels, len(images))
     known = labels is not None and int(torch.as_tensor(labels)[a]) >= 0
     y_a = int(torch.as_tensor(labels)[a]) if known else None    # the true label spares a conditional VAE's classifier
     paths = {"interpolation": out_dir / "interpolation.png", "traversal": out_dir / "traversal.png"}
     interpolation(vae, images[a], images[b], y=y_a, path=paths["interpolation"])
-    frames = _traversal_frames(vae, images[a], y=y_a, data_images=images, data_labels=labels)
+    frames = traversal_frames(vae, images[a], y=y_a, data_images=images, data_labels=labels)
     _finish(_traversal_figure(vae, frames), paths["traversal"])
     return paths
 
@@ -909,10 +455,10 @@ def save_all(vae, train_images, train_labels, test_images, history, out_dir, *, 
         try:
             latent_manifold(vae, path=out_dir / "latent_manifold.png")
             paths["latent_manifold"] = out_dir / "latent_manifold.png"
-        except _SitesError as e:
+        except SitesError as e:
             warnings.warn(f"latent_manifold.png is not drawn: {e}", UserWarning, stacklevel=2)
     try:
-        paths.update(_explorations(vae, eval_images, eval_labels, out_dir))
-    except _SitesError as e:
+        paths.update(save_explorations(vae, eval_images, eval_labels, out_dir))
+    except SitesError as e:
         warnings.warn(f"traversal.png is not drawn: {e}", UserWarning, stacklevel=2)
     return paths
