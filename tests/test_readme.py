@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 import pyro_vae as pv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,6 +47,7 @@ def test_hook_example_records_the_learning_rate(digits_binary):
     assert [h["lr"] for h in namespace["history"]] == [1e-3, 1e-3]
 
 
+@pytest.mark.slow
 def test_use_a_trained_model_in_a_fresh_process(tmp_path):
     from pyro_vae import cli
     run = tmp_path / "run"

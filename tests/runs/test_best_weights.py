@@ -2,28 +2,17 @@
 checkpoint, and best weights inside a checkpoint are checked like the rest."""
 
 import contextlib
-import io
 import json
 import os
-import re
-import resource
-import struct
-import subprocess
-import sys
 import tempfile
-import textwrap
-import warnings
-import zipfile
-import zlib
 
-import numpy as np
 import pytest
 import torch
 
 import pyro
 
 import pyro_vae as pv
-from pyro_vae import cli, files
+from pyro_vae import files
 from pyro_vae.checkpoint import load_checkpoint
 from clirun import small_vae
 

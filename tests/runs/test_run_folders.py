@@ -7,7 +7,6 @@ elsewhere. Every run is a smoke run on the digits.
 
 import json
 import os
-import random
 import shutil
 import signal
 import time
@@ -16,7 +15,6 @@ import pytest
 import torch
 
 import pyro_vae as pv
-from pyro_vae import checkpoint, cli
 from pyro_vae.checkpoint import RunFolder, load_checkpoint
 from clirun import (train_args, run_cli, start_cli, main_in_process, one_line, wait_for, epoch_of, killed_at_exit,
                    saved_config)
