@@ -211,12 +211,10 @@ def build_parser():
                        help="hvae: size of z2 (--latent-dim is the size of z1; default 16)")
     train.add_argument("--guide", type=_choice(GUIDES, "guide"), default="normal",
                        help="posterior family: normal (diagonal), iaf (inverse autoregressive flow)")
-    train.add_argument("--num-pseudo-inputs", type=_positive(int, u.MAX_COMPONENTS), default=None,
-                       help="vamp prior (default 500)")
-    train.add_argument("--num-flows", type=_positive(int, u.MAX_COMPONENTS), default=None,
-                       help="flow prior, iaf guide (default 2)")
-    train.add_argument("--flow-hidden", type=_positive(int, u.MAX_WIDTH), default=None,
-                       help="flow prior, iaf guide (default 64)")
+    for flag, limit, used_by in (("--num-pseudo-inputs", u.MAX_COMPONENTS, "vamp prior (default 500)"),
+                                 ("--num-flows", u.MAX_COMPONENTS, "flow prior, iaf guide (default 2)"),
+                                 ("--flow-hidden", u.MAX_WIDTH, "flow prior, iaf guide (default 64)")):
+        train.add_argument(flag, type=_positive(int, limit), default=None, help=used_by)
     train.add_argument("--objective", type=_choice(OBJECTIVES, "objective"), default="elbo",
                        help="elbo (Trace_ELBO), meanfield (TraceMeanField_ELBO), iwae (RenyiELBO alpha=0)")
     train.add_argument("--num-particles", type=_positive(int, u.MAX_PARTICLES), default=None,
