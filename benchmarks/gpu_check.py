@@ -687,7 +687,7 @@ def table_lines(result):
                 f"default VAE trained {stage['train_epochs']} epoch(s) ({stage['train_seconds']:.0f} s) on "
                 f"{stage['train_images']} images")
         elif name == "cuda-tests":
-            row("tests", f"pytest -k cuda: {status.upper()}", _fmt(stage.get("seconds"), ".1f"), "",
+            row("tests", f"pytest -m cuda: {status.upper()}", _fmt(stage.get("seconds"), ".1f"), "",
                 f"{stage.get('summary') or 'no summary line'} (exit status {stage.get('rc')})")
         else:
             what = stage.get("error") or stage.get("note") or ""
@@ -743,7 +743,7 @@ def report(args):
         status = "ok" if rc == 0 else ("timeout" if rc in (124, 137) else "failed")
         result["stages"]["cuda-tests"] = {"status": status, "rc": rc, "summary": summary,
                                           "seconds": args.pytest_seconds,
-                                          "command": "python3 -m pytest -q -p no:cacheprovider -k cuda "
+                                          "command": "python3 -m pytest -q -p no:cacheprovider -m cuda "
                                                      "--continue-on-collection-errors --disable-warnings --tb=short "
                                                      "--ignore=tests/test_gpu_check.py tests"}
         save(result, args.report)

@@ -5,7 +5,7 @@
 #                                [--total SECONDS] [-- DRIVER-ARGS...]
 #
 # 1. the environment (python, torch, CUDA, GPU, pyro);
-# 2. the CUDA tests of the suite: python3 -m pytest -q -k cuda tests (on a CPU they skip, which still shows
+# 2. the CUDA tests of the suite: python3 -m pytest -q -m cuda tests (on a CPU they skip, which still shows
 #    that they are collected);
 # 3. the driver, benchmarks/gpu_check.py: epoch time against hand-written PyTorch on Fashion-MNIST (60,000
 #    images, batch 128) for fit's default, fit with JitTrace_ELBO, fit(compile=True) and
@@ -137,11 +137,11 @@ EOF
     rm -f "$json"
 
     # --- the CUDA tests of the suite (this check's own test is left out: it would run the check again) ---
-    step "CUDA tests: pytest -k cuda"
+    step "CUDA tests: pytest -m cuda"
     local t0=$SECONDS
     local test_rc=0
     timeout -k 10 "$([[ $SMOKE == 1 ]] && echo 150 || echo 200)" \
-        "$PY" -m pytest -q -p no:cacheprovider -k cuda --continue-on-collection-errors --disable-warnings \
+        "$PY" -m pytest -q -p no:cacheprovider -m cuda --continue-on-collection-errors --disable-warnings \
         --tb=short --ignore=tests/test_gpu_check.py tests 2>&1 | tee "$pylog" || test_rc=${PIPESTATUS[0]}
     local test_seconds=$((SECONDS - t0))
 

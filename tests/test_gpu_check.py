@@ -38,7 +38,7 @@ def test_gpu_check_script_dry_run_on_the_cpu(tmp_path):
     # the printed table: one line per stage and method, then the verdict
     assert "stage    method" in out and "RESULT: every stage ran" in out
     for method in ("hand-written PyTorch", "fit, Trace_ELBO (default)", "fit, JitTrace_ELBO",
-                   "fit(compile=True): sync-free replay", 'fit(compile="eager")', "log p(x) = ", "pytest -k cuda: OK"):
+                   "fit(compile=True): sync-free replay", 'fit(compile="eager")', "log p(x) = ", "pytest -m cuda: OK"):
         assert method in out, method
 
     # the JSON, in $OUT, with every stage: numbers > 0 or a note saying why a stage was skipped
