@@ -255,9 +255,10 @@ def build_parser():
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --out (--epochs may grow; --lr and --clip-norm may change)")
     train.add_argument("--overwrite", action="store_true", help="replace the run in --out")
-    train.add_argument("--eval-samples", type=_positive(int, MAX_EVAL_SAMPLES), default=250,
-                       help="importance samples K for the final test log p(x) (default 250: under 20%% of the default "
-                            "run's time on 2 CPU cores; the cost grows linearly with K, 1000 takes about 4x longer)")
+    train.add_argument("--eval-samples", type=_positive(int, MAX_EVAL_SAMPLES), default=pv.train.EVAL_SAMPLES,
+                       help=f"importance samples K for the final test log p(x) (default {pv.train.EVAL_SAMPLES}: "
+                            "under 20%% of the default run's time on 2 CPU cores; the cost grows linearly with K, "
+                            "1000 takes about 4x longer)")
     train.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="DIR",
                        help="log scalars and pictures for TensorBoard (default DIR: RUN/tensorboard)")
     train.add_argument("--no-progress", action="store_true")
