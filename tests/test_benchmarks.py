@@ -66,6 +66,9 @@ def test_benchmark_smoke(name, tmp_path, monkeypatch, capsys):
         scheduled = [row for row in result["rows"] if row["config"] == "default + cosine + early stopping"]
         assert len(scheduled) == 2 and all(row["epochs_trained"] == 1 and row["best_epoch"] == 1
                                            and row["last_lr"] == 1e-3 for row in scheduled)
+        # early stopping watched 12 of the 120 training images held out, never the 60 test images
+        assert result["validation_size"] == 12 and result["train_size"] == 108
+        assert all(isinstance(row["best_epoch_validation_elbo"], float) for row in scheduled)
     elif name == "diagnostics.py":
         rows = {row["config"]: row for row in result["rows"]}
         assert set(rows) == {"default", "iwae5-dreg"} and "--gradient" in rows["iwae5-dreg"]["command"]

@@ -156,6 +156,16 @@ def _positive(kind, limit=None):
 
 
 _non_negative_int = _number(int, allow_zero=True)
+
+
+def _validation(value):
+    """--validation: a whole number of images (0: none) or a fraction in (0, 1) of the training images."""
+    if re.fullmatch(r"\s*\+?[0-9]+\s*", value):
+        return _non_negative_int(value)
+    number = _non_negative_float(value)
+    if not 0 < number < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of images or a fraction in (0, 1), got {value[:40]!r}")
+    return number
 _non_negative_float = _number(float, allow_zero=True)
 
 
@@ -243,11 +253,16 @@ def build_parser():
     train.add_argument("--batch-size", type=_positive(int, MAX_BATCH), default=128)
     train.add_argument("--lr", type=_positive(float, MAX_LR), default=1e-3)
     train.add_argument("--lr-schedule", type=_choice(LR_SCHEDULES, "learning-rate schedule"), default="constant",
-                       help="constant, cosine (decays to 0 over --epochs), plateau (halves the rate when the test "
-                            "ELBO stalls for 5 epochs)")
+                       help="constant, cosine (decays to 0 over --epochs), plateau (halves the rate when the "
+                            "validation ELBO stalls for 5 epochs)")
     train.add_argument("--early-stopping", type=_positive(int, MAX_EPOCHS), default=None, metavar="N",
-                       help="stop when the test ELBO has not improved for N epochs; the best epoch's weights are "
-                            "kept (best.pt) and scored")
+                       help="stop when the validation ELBO has not improved for N epochs; the best epoch's weights "
+                            "are kept (best.pt) and scored on the test set")
+    train.add_argument("--validation", type=_validation, default=None, metavar="N",
+                       help="hold out N training images (or a fraction, 0.1) for early stopping and the plateau "
+                            "schedule, stratified by label and fixed for the dataset; default "
+                            f"{pv.data.VALIDATION_FRACTION:g} with --early-stopping or --lr-schedule plateau, "
+                            "else 0 (none); the test set is only scored")
     train.add_argument("--clip-norm", type=_positive(float), default=None, help="clip gradient norm")
     train.add_argument("--seed", type=_seed, default=0)
     train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")

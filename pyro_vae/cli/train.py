@@ -246,9 +246,14 @@ def cmd_train(args):
     processes = processes_for(args.distributed, args.device)
     binarize = args.binarize or ("dynamic" if args.likelihood == "bernoulli" else "none")
     data_info = {"dataset": args.dataset, "data_dir": args.data_dir, "binarize": binarize, "seed": args.seed}
-    train, test = load_data(data_info)
+    validation = args.validation
+    if validation is None and (args.early_stopping is not None or args.lr_schedule == "plateau"):
+        validation = pv.data.VALIDATION_FRACTION   # what they watch, so that the test set is only scored
+    if validation:
+        data_info["validation"] = validation
+    train, validation, test = load_data(data_info, with_validation=True)
     likelihood = LIKELIHOODS[args.likelihood](args)
-    _check_data_suits(args, likelihood, (train, test))
+    _check_data_suits(args, likelihood, (train, test) if validation is None else (train, validation, test))
     num_classes = _num_classes(train, test, args) if args.model in LABELLED and train.labels is not None else None
     if args.model == "m2" and args.labels is not None and num_classes is not None:
         train = _keep_labels(args, train, num_classes)
@@ -260,7 +265,8 @@ def cmd_train(args):
                                            f"{time.strftime('%Y%m%d-%H%M%S')}")
     out = processes.share(out)  # one run folder, named by rank 0
     if processes.is_main:
-        print(f"training on {train.name} ({len(train)} train / {len(test)} test, {binarize} binarization) "
+        held = f"{len(validation)} validation / " if validation is not None else ""
+        print(f"training on {train.name} ({len(train)} train / {held}{len(test)} test, {binarize} binarization) "
               f"on {processes.device}; writing {out}")
     run_info = {"data": data_info, "cli": sys.argv[1:], "model": args.model, "objective": objective,
                 "labels": args.labels if args.model == "m2" else None}
@@ -280,7 +286,7 @@ def cmd_train(args):
                progress=not args.no_progress, clip_norm=args.clip_norm, loss=loss, beta=args.beta,
                warmup=args.warmup, distributed=args.distributed, run_info=run_info, scheduler=_schedule(args),
                early_stopping=args.early_stopping, compile=_step_request(args), eval_samples=args.eval_samples,
-               hooks=hooks)
+               hooks=hooks, validation=validation)
     except Terminated:
         raise Terminated(_saved_epochs(args, out)) from None
     except KeyboardInterrupt:

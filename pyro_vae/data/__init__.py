@@ -22,6 +22,7 @@ from .images import ImageFolderData, load_image_folder
 from .labels import keep_labels, without_labels
 from .limits import MAX_DATA_BYTES, MAX_IMAGE_FILES
 from .sources import DATASETS, DEFAULT_DATA_DIR, FASHION_MNIST_DEBIAN_DIR, load
+from .splits import VALIDATION_FRACTION, validation_split
 
 __all__ = [
     "BINARIZATIONS",
@@ -32,6 +33,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "MAX_DATA_BYTES",
     "MAX_IMAGE_FILES",
+    "VALIDATION_FRACTION",
     "ImageDataset",
     "ImageFolderData",
     "find_classes",
@@ -44,5 +46,6 @@ __all__ = [
     "load_image_folder",
     "load_numpy",
     "read_idx",
+    "validation_split",
     "without_labels",
 ]

@@ -15,6 +15,7 @@ import gzip
 import os
 
 import numpy as np
+import torch
 
 from ..errors import DataError, DownloadError
 from .arrays import load_numpy
@@ -22,7 +23,7 @@ from .dataset import ImageDataset, check_binarize, check_class_labels
 from .folders import IMAGE_LAYOUTS, find_images
 from .idx import IDX_LAYOUT, find_idx_files, has_idx_files, load_idx_folder
 from .images import read_images
-from .splits import fixed_split, take, train_count
+from .splits import fixed_split, take, train_count, validation_split
 
 __all__ = ["DATASETS", "FASHION_MNIST_DEBIAN_DIR", "DEFAULT_DATA_DIR", "load"]
 
@@ -34,6 +35,8 @@ DEFAULT_DATA_DIR = os.path.join("~", ".cache", "pyro_vae")
 
 # seed of the test set's static binarization (see load)
 _TEST_SEED = 1
+#: seed of the validation split's static binarization (fixed, like the test set's)
+_VALIDATION_SEED = 2
 _MNIST5K_TRAIN = 4000
 _DIGITS_TRAIN = 1497
 
@@ -153,8 +156,9 @@ def _load_numpy_file(path):
                    take(covariates, train), take(covariates, test))
 
 
-def load(name="mnist5k", data_dir=None, binarize="none", test_binarize=None, seed=0, download=True):
-    """Load a train/test pair of image datasets.
+def load(name="mnist5k", data_dir=None, binarize="none", test_binarize=None, seed=0, download=True,
+         validation=None):
+    """Load a train/test pair of image datasets, or a train/validation/test triple.
 
     :param name: one of :data:`DATASETS`; ``"idx"`` (read the IDX files in ``data_dir``); the path of a
         folder, read as IDX files when it holds any (:func:`load_idx_folder`) and otherwise as PNG/JPEG
@@ -170,7 +174,12 @@ def load(name="mnist5k", data_dir=None, binarize="none", test_binarize=None, see
         and the train/test splits of ``mnist5k``, ``digits``, image folders without ``train/`` and
         ``test/`` (90% / 10%) and NumPy files (90% / 10%) are fixed and do not depend on it.
     :param bool download: let torchvision download missing files.
-    :return: ``(train, test)`` :class:`ImageDataset` pair; images (N, C, H, W) in [0, 1] (C = 1 but for
+    :param validation: carve a validation split from the training images: a number of images N or a
+        fraction in (0, 1); stratified by label when there are labels, drawn from
+        :data:`~pyro_vae.data.splits.SPLIT_SEED` (not ``seed``), binarized like the test set (a fixed
+        draw of its own). Early stopping and plateau schedules watch it, so the test set is only scored.
+    :return: ``(train, test)`` :class:`ImageDataset` pair, ``(train, validation, test)`` with
+        ``validation``; images (N, C, H, W) in [0, 1] (C = 1 but for
         colour image folders and 4-D arrays); labels (N,) or ``None`` for unlabelled images or arrays;
         ``classes`` set for image folders with class subfolders, ``covariates`` for ``.npz`` files that
         hold them.
@@ -216,10 +225,30 @@ def load(name="mnist5k", data_dir=None, binarize="none", test_binarize=None, see
             "the path of a folder of IDX or PNG/JPEG files, or of a .npy/.npz file"
         )
 
+    held = None
+    if validation is not None:
+        keep, held = validation_split(len(arrays.train_images), validation, arrays.train_labels)
+        held = _Splits(*(_rows(v, held) for v in arrays[:2]), None, None, _rows(arrays.train_covariates, held))
+        arrays = arrays._replace(train_images=_rows(arrays.train_images, keep),
+                                 train_labels=_rows(arrays.train_labels, keep),
+                                 train_covariates=_rows(arrays.train_covariates, keep))
     train = ImageDataset(arrays.train_images, arrays.train_labels, binarize=binarize, seed=seed,
                          name=f"{name}/train", covariates=arrays.train_covariates, classes=arrays.classes)
     # the test set's binarization does not follow the training seed: runs with different seeds are
     # then scored on the very same binary test images
     test = ImageDataset(arrays.test_images, arrays.test_labels, binarize=test_binarize, seed=_TEST_SEED,
                         name=f"{name}/test", covariates=arrays.test_covariates, classes=arrays.classes)
-    return train, test
+    if held is None:
+        return train, test
+    # scored like the test set: a fixed binarization that follows neither the training seed nor the test's
+    validation = ImageDataset(held.train_images, held.train_labels, binarize=test_binarize,
+                              seed=_VALIDATION_SEED, name=f"{name}/validation",
+                              covariates=held.train_covariates, classes=arrays.classes)
+    return train, validation, test
+
+
+def _rows(values, index):
+    """``values`` (array, tensor, list or None) at the integer positions ``index``."""
+    if isinstance(values, torch.Tensor):
+        return values[torch.as_tensor(index)]
+    return take(values, index)

@@ -12,7 +12,7 @@ Two checks follow, and nothing is restored unless both pass:
   states with their own ``load_state_dict`` into throw-away copies and takes one step with them: what those
   states hold is for torch to judge, not a list of torch's field names kept here.
 
-``best.pt`` holds, with early stopping, the weights of the epoch with the best test ELBO (weights, epoch and
+``best.pt`` holds, with early stopping, the weights of the epoch with the best validation ELBO (weights, epoch and
 config only).
 """
 
@@ -122,7 +122,8 @@ def _history_problem(history, epoch):
     for i, record in enumerate(history):
         if not (_is_record(record) and is_whole(record.get("epoch")) and record["epoch"] == i + 1
                 and is_number(record.get("train_elbo"))
-                and (record.get("test_elbo") is None or is_number(record["test_elbo"]))):
+                and all(record.get(key) is None or is_number(record[key])
+                        for key in ("test_elbo", "validation_elbo"))):
             return f"its history entry {i + 1} is not the record of epoch {i + 1}"
     return None
 

@@ -55,7 +55,7 @@ class RebuildWarning(UserWarning):
 def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, optimizer=None, seed=0,
         device="auto", checkpoint_dir=None, resume=False, overwrite=False, callback=None, progress=True,
         clip_norm=None, beta=1.0, warmup=0, distributed=False, run_info=None, hooks=(), scheduler=None,
-        early_stopping=None, compile=None, eval_samples=None, pictures=True):
+        early_stopping=None, compile=None, eval_samples=None, pictures=True, validation=None):
     """Train ``vae`` by stochastic variational inference and return its per-epoch history.
 
     :param vae: a :class:`~pyro_vae.VAE`, a subclass, or a Pyro pair wrapped by :func:`~pyro_vae.wrap`:
@@ -68,7 +68,8 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
         ``decode_top`` and ``device``.
     :param train: :class:`~pyro_vae.data.ImageDataset` to train on (moved to the device once); its
         covariates, if any, reach model and guide as the keyword ``covariates``.
-    :param test: optional dataset; its ELBO is computed after every epoch.
+    :param test: optional dataset; its ELBO is computed after every epoch and its scores written at the end.
+        Nothing is chosen by it: early stopping and plateau schedules watch ``validation``.
     :param int epochs: total number of epochs (a resumed run continues up to this number).
     :param int batch_size: images per step.
     :param float lr: learning rate.
@@ -104,9 +105,10 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
         :class:`~pyro_vae.errors.CheckpointError` instead of silently mixing two runs in one folder.
     :param hooks: your own :class:`~pyro_vae.hooks.Hook` objects, run after the built-in ones.
     :param scheduler: ``optimizer -> torch.optim.lr_scheduler`` object, stepped after every epoch
-        (``ReduceLROnPlateau`` is fed the negative test ELBO); its state is in the checkpoint.
-    :param int early_stopping: stop when the test ELBO has not improved for this many epochs, and end with
-        the best epoch's weights (also saved as ``best.pt``); needs ``test``.
+        (``ReduceLROnPlateau`` is fed the negative validation ELBO, or without ``validation`` the negative
+        training objective: never the test ELBO); its state is in the checkpoint.
+    :param int early_stopping: stop when the validation ELBO has not improved for this many epochs, and end
+        with the best epoch's weights (also saved as ``best.pt``); needs ``validation``.
     :param compile: how each step computes the ELBO. ``None`` (default, also ``"auto"``): the fastest exact
         way, chosen once, before the first step (:func:`choose_step`): the sync-free replay step where it
         computes the same estimator (``Trace_ELBO`` itself, any number of particles, beta and warm-up
@@ -127,6 +129,9 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
         printed first and a progress bar shown while it runs (with ``progress``, or without it when the
         estimate exceeds :data:`pyro_vae.hooks.QUIET_EVALUATION_SECONDS`); metrics.json records its ``seconds``.
     :param bool pictures: with ``checkpoint_dir``: write the standard pictures at the end.
+    :param validation: optional dataset held out from training (``pv.data.load(..., validation=N)``): its
+        ELBO is computed after every epoch (``validation_elbo``) and is what early stopping and plateau
+        schedules watch, so the test set is only scored. config.json records its size.
     :returns: list of dicts, one per epoch: ``epoch``, ``train_elbo`` and ``test_elbo`` (nats per
         datapoint; ``test_elbo`` is ``None`` without a test set) and ``seconds`` (plus what hooks add, e.g.
         ``lr`` with a schedule). With ``beta != 1`` the ``train_elbo`` entry is the weighted training
@@ -138,18 +143,21 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
     ``RenyiELBO``, and the JIT ELBOs).
     """
     check_dataset("train", train)
-    if test is not None:
-        check_dataset("test", test)
+    for role, data in (("test", test), ("validation", validation)):
+        if data is not None:
+            check_dataset(role, data)
     evaluate.check_data(vae, train, "training")
     evaluate.check_data(vae, test, "test")
+    evaluate.check_data(vae, validation, "validation")
     contract = check_model(vae, train, loss=loss)
     loss = loss if loss is not None else default_loss(contract)
     eval_samples = EVAL_SAMPLES if eval_samples is None else eval_samples
     settings = FitSettings.check(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, clip_norm=clip_norm,
-                                 beta=beta, warmup=warmup, loss=loss, scheduler=scheduler, test=test,
+                                 beta=beta, warmup=warmup, loss=loss, scheduler=scheduler, validation=validation,
                                  early_stopping=early_stopping, eval_samples=eval_samples, resume=resume,
                                  overwrite=overwrite, checkpoint_dir=checkpoint_dir, compile=compile)
-    trainer = Trainer(vae, train, test, settings, parallel.processes(distributed, device), loss, optimizer, contract)
+    trainer = Trainer(vae, train, test, settings, parallel.processes(distributed, device), loss, optimizer, contract,
+                      validation=validation)
     trainer.hooks = hooks_module.Hooks(standard_hooks(settings, checkpoint_dir, progress, callback, eval_samples,
                                                       pictures) + list(hooks))
     try:
@@ -218,6 +226,7 @@ class FitSettings:
     loss: str
     scheduler: str = None
     early_stopping: int = None
+    validation: int = None
     compile: str = None
     step: str = None
     step_reason: str = None
@@ -231,7 +240,7 @@ class FitSettings:
         return self.beta != 1.0 or self.warmup > 0
 
     @classmethod
-    def check(cls, epochs, batch_size, lr, seed, clip_norm, beta, warmup, loss, scheduler, test, early_stopping,
+    def check(cls, epochs, batch_size, lr, seed, clip_norm, beta, warmup, loss, scheduler, validation, early_stopping,
               eval_samples, resume, overwrite, checkpoint_dir, compile=None):
         """Every argument checked here, each with a one-line :class:`ConfigError` naming it."""
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 32:
@@ -264,9 +273,12 @@ class FitSettings:
             settings.scheduler = getattr(scheduler, "name", None) or getattr(scheduler, "__name__", "custom")
         if early_stopping is not None:
             settings.early_stopping = positive_int("early_stopping", early_stopping)
-            if test is None:
-                raise ConfigError("early stopping (--early-stopping) watches the test ELBO, but there is no test "
-                                  "set; pass test=... or drop early_stopping")
+            if validation is None:
+                raise ConfigError("early stopping (--early-stopping) watches the validation ELBO, but there is no "
+                                  "validation set; pass validation=... (pv.data.load(..., validation=N) carves "
+                                  "one from the training set; --validation N) or drop early_stopping")
+        if validation is not None:
+            settings.validation = len(validation)
         if isinstance(eval_samples, bool) or not isinstance(eval_samples, numbers.Integral) or eval_samples < 0:
             raise ConfigError(f"eval_samples must be a non-negative whole number, got {eval_samples!r}")
         if compile not in (False, None, True, "auto", "pyro") + fast.MODES:
@@ -285,7 +297,7 @@ class FitSettings:
         out = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
                "world_size": self.world_size, "loss": self.loss, "clip_norm": self.clip_norm, "beta": self.beta,
                "warmup": self.warmup}
-        for key in ("scheduler", "early_stopping", "compile", "step", "step_reason"):
+        for key in ("scheduler", "early_stopping", "validation", "compile", "step", "step_reason"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
@@ -295,14 +307,15 @@ class Trainer(StepChoice):
     """The state of one ``fit`` call, which the loop drives and the hooks read and change; its step is chosen
     by :class:`~pyro_vae.training.steps.StepChoice`.
 
-    Attributes hooks use: ``vae``, ``optimizer``, ``parameters``, ``train``, ``test`` (``None`` on processes
-    other than rank 0), ``settings``, ``processes``, ``device``, ``run`` (the :class:`~pyro_vae.checkpoint.RunFolder`
+    Attributes hooks use: ``vae``, ``optimizer``, ``parameters``, ``train``, ``test`` and ``validation``
+    (``None`` on processes other than rank 0), ``settings``, ``processes``, ``device``,
+    ``run`` (the :class:`~pyro_vae.checkpoint.RunFolder`
     or ``None``), ``history``, ``epoch``, ``epochs_done`` (before this call), ``losses`` (this epoch's per-step
     loss tensors so far), ``epoch_losses`` (all of them, after the epoch), ``kl_weight``, ``stop``, ``error``,
     ``best_epoch``, ``hooks``.
     """
 
-    def __init__(self, vae, train, test, settings, processes, loss, optimizer, contract=None):
+    def __init__(self, vae, train, test, settings, processes, loss, optimizer, contract=None, validation=None):
         self.vae, self.settings, self.processes = vae, settings, processes
         self.device = processes.device
         settings.world_size = processes.world_size
@@ -316,6 +329,7 @@ class Trainer(StepChoice):
         processes.broadcast_module(vae)       # identical starting weights everywhere
         self.train = train.to(self.device)
         self.test = test.to(self.device) if test is not None and processes.is_main else None
+        self.validation = validation.to(self.device) if validation is not None and processes.is_main else None
         self.parameters = list(vae.parameters())
         self.optimizer = (optimizer or torch.optim.Adam)(self.parameters, lr=settings.lr)
         loss = loss if loss is not None else Trace_ELBO()

@@ -188,20 +188,32 @@ class FiniteGuard(Hook):
 
 
 class TestELBO(Hook):
-    """The ELBO of the test set after every epoch (nats per image): ``record["test_elbo"]``."""
+    """The ELBO of the validation and test sets after every epoch (nats per image):
+    ``record["validation_elbo"]`` and ``record["test_elbo"]`` (each only with its dataset)."""
 
     in_run = True
 
     def on_epoch_end(self, trainer, record):
-        if trainer.test is None:   # no test set, or not the main process
-            return
-        trainer.test_scores = evaluate.elbo(trainer.vae, trainer.test)
-        record["test_elbo"] = trainer.test_scores["elbo"]
-        first = next((h["test_elbo"] for h in trainer.history if h.get("test_elbo") is not None), None)
-        if diverged(record["test_elbo"], first):
-            raise TrainingError(f"the test ELBO became {record['test_elbo']:.3g} nats per image in epoch "
+        # neither set on processes other than the main one
+        if trainer.validation is not None:
+            record["validation_elbo"] = self._score(trainer, trainer.validation, "validation")["elbo"]
+        if trainer.test is not None:
+            trainer.test_scores = self._score(trainer, trainer.test, "test")
+            record["test_elbo"] = trainer.test_scores["elbo"]
+
+    @staticmethod
+    def _score(trainer, data, role):
+        # the draws of the score leave the training stream alone: which sets are scored changes nothing of
+        # the training run (the test set, above all, must not)
+        with forked_rng(trainer.device):
+            scores = evaluate.elbo(trainer.vae, data)
+        key = f"{role}_elbo"
+        first = next((h[key] for h in trainer.history if h.get(key) is not None), None)
+        if diverged(scores["elbo"], first):
+            raise TrainingError(f"the {role} ELBO became {scores['elbo']:.3g} nats per image in epoch "
                                 f"{trainer.epoch}" + (f" (first: {first:.3g})" if first is not None else "")
                                 + f"; {trainer.remedy()}")
+        return scores
 
 
 class History(Hook):
@@ -236,7 +248,8 @@ class ProgressBar(Hook):
             self.bar.set_postfix_str(f"epoch {trainer.epoch} loss/img {per_image:.2f}")
 
     def on_epoch_end(self, trainer, record):
-        test = "" if record.get("test_elbo") is None else f" test ELBO {record['test_elbo']:.2f}"
+        test = "".join(f" {role} ELBO {record[f'{role}_elbo']:.2f}" for role in ("validation", "test")
+                       if record.get(f"{role}_elbo") is not None)
         self.bar.set_postfix_str(f"epoch {trainer.epoch} train ELBO {record['train_elbo']:.2f}{test}")
 
     def on_fit_end(self, trainer):
@@ -249,7 +262,8 @@ class ProgressBar(Hook):
 
 class LRSchedule(Hook):
     """A ``torch.optim.lr_scheduler`` stepped after every epoch; ``ReduceLROnPlateau`` is given the negative
-    test ELBO (the negative training objective without a test set), a loss for its default ``mode="min"``.
+    validation ELBO (the negative training objective without a validation set; never the test ELBO, which is
+    only scored), a loss for its default ``mode="min"``.
     ``record["lr"]`` is the learning rate the epoch trained with.
 
     :param factory: ``optimizer -> scheduler``, e.g.
@@ -276,7 +290,8 @@ class LRSchedule(Hook):
     def on_epoch_end(self, trainer, record):
         record["lr"] = trainer.optimizer.param_groups[0]["lr"]
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            score = record["test_elbo"] if record.get("test_elbo") is not None else record["train_elbo"]
+            watched = record.get("validation_elbo")
+            score = watched if watched is not None else record["train_elbo"]
             self.scheduler.step(-score)
         else:
             self.scheduler.step()
@@ -286,7 +301,7 @@ class LRSchedule(Hook):
 
 
 class EarlyStopping(Hook):
-    """Stops when the test ELBO has not improved for ``patience`` epochs and leaves the model with the weights
+    """Stops when the validation ELBO has not improved for ``patience`` epochs and leaves the model with the weights
     of its best epoch; they are kept in the run folder as ``best.pt`` too, and ``trainer.best_epoch`` says
     which epoch it was.
 
@@ -294,7 +309,8 @@ class EarlyStopping(Hook):
     of the epoch), and a resumed run writes ``best.pt`` again from them: a process killed between writing
     ``best.pt`` and ``checkpoint.pt`` leaves a ``best.pt`` of an epoch the resumed history will not have.
 
-    :param int patience: epochs without a better test ELBO before the run stops.
+    :param int patience: epochs without a better validation ELBO before the run stops. The test set plays
+        no part: ``fit`` refuses early stopping without a validation set.
     """
 
     name = "early_stopping"
@@ -336,10 +352,10 @@ class EarlyStopping(Hook):
 
     def _save_best(self, trainer, epoch):
         trainer.run.save_checkpoint({"format": 1, "epoch": epoch, "model": self._best_weights,
-                                     "config": trainer.vae.config, "test_elbo": self.best_elbo}, best=True)
+                                     "config": trainer.vae.config, "validation_elbo": self.best_elbo}, best=True)
 
     def on_epoch_end(self, trainer, record):
-        elbo = record["test_elbo"]
+        elbo = record["validation_elbo"]
         self._epoch = trainer.epoch
         if self.best_elbo is None or elbo > self.best_elbo:
             self.best_elbo, self.best_epoch, self.bad_epochs = elbo, trainer.epoch, 0
@@ -410,6 +426,8 @@ class TensorBoard(Hook):
         epoch, vae, test = trainer.epoch, trainer.vae, trainer.test
         self.writer.add_scalar("train/objective", record["train_elbo"], epoch)
         self.writer.add_scalar("train/lr", record.get("lr", trainer.optimizer.param_groups[0]["lr"]), epoch)
+        if record.get("validation_elbo") is not None:
+            self.writer.add_scalar("validation/elbo", record["validation_elbo"], epoch)
         if test is not None:
             scores = trainer.test_scores
             for key in ("elbo", "reconstruction", "kl"):

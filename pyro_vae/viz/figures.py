@@ -251,14 +251,16 @@ def curves(history, path=None) -> Figure:
     ``beta != 1`` or warm-up (the KL weighted) and for M2 (plus its classification term), so only the
     test line is an ELBO in every case.
 
-    :param history: list of dicts ``{"epoch": int, "train_elbo": float, "test_elbo": float | None, ...}``,
-        ELBOs in nats per image; ``None`` or missing test values are skipped.
+    :param history: list of dicts ``{"epoch": int, "train_elbo": float, "test_elbo": float | None, ...}``
+        (``validation_elbo`` too with a validation set), ELBOs in nats per image; ``None`` or missing
+        values are skipped.
     :param path: where to write a PNG, or ``None``.
     :return: the figure.
     """
     fig = Figure(figsize=(6.5, 4.5))
     ax = fig.add_subplot()
-    for key, name in (("train_elbo", "training objective"), ("test_elbo", "test ELBO")):
+    for key, name in (("train_elbo", "training objective"), ("validation_elbo", "validation ELBO"),
+                      ("test_elbo", "test ELBO")):
         pts = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
         if pts:
             epochs, elbo = zip(*pts)

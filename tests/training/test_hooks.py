@@ -166,8 +166,10 @@ class RecordingPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
         super().step(metrics)
 
 
-def test_plateau_schedule_is_fed_the_negative_test_elbo(digits_binary):
+def test_plateau_schedule_is_fed_the_negative_validation_elbo(digits_binary):
     train, test = digits_binary
+    keep, held = pv.data.validation_split(len(train), 0.1, train.labels)
+    train, validation = train.subset(keep), test.subset(range(150))
     made = []
 
     def plateau(opt):
@@ -175,8 +177,11 @@ def test_plateau_schedule_is_fed_the_negative_test_elbo(digits_binary):
         return made[-1]
 
     lr0 = 3e-3
-    history = pv.fit(small_vae(), train, test=test, epochs=8, lr=lr0, progress=False, scheduler=plateau)
-    assert made[0].fed == [-h["test_elbo"] for h in history]   # not the training objective, not the ELBO itself
+    history = pv.fit(small_vae(), train, test=test.subset(range(150, 300)), epochs=8, lr=lr0, progress=False,
+                     scheduler=plateau, validation=validation)
+    # not the test ELBO, not the training objective, not the ELBO itself
+    assert made[0].fed == [-h["validation_elbo"] for h in history]
+    assert made[0].fed != [-h["test_elbo"] for h in history]
     # the rule of ReduceLROnPlateau (mode min, relative threshold 1e-4, patience 0) applied by hand
     best, lr, expected = math.inf, lr0, []
     for loss in made[0].fed:
@@ -188,17 +193,29 @@ def test_plateau_schedule_is_fed_the_negative_test_elbo(digits_binary):
     assert [h["lr"] for h in history] == pytest.approx(expected, rel=1e-12)
 
 
-def test_plateau_schedule_halves_the_rate_when_the_test_elbo_stalls(digits_binary):
+def test_plateau_schedule_halves_the_rate_when_the_validation_elbo_stalls(digits_binary):
     train, test = digits_binary
-    # a rate so small that the weights hardly move: the test ELBO only wobbles by its Monte Carlo noise, never
-    # by the one nat that counts as an improvement here
-    history = pv.fit(small_vae(), train, test=test, epochs=5, lr=1e-5, progress=False,
+    # a rate so small that the weights hardly move: the validation ELBO only wobbles by its Monte Carlo noise,
+    # never by the one nat that counts as an improvement here
+    history = pv.fit(small_vae(), train, validation=test, epochs=5, lr=1e-5, progress=False,
                      scheduler=lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(
                          opt, factor=0.5, patience=0, threshold=1.0, threshold_mode="abs"))
-    elbos = [h["test_elbo"] for h in history]
+    elbos = [h["validation_elbo"] for h in history]
     assert max(elbos) - min(elbos) < 1.0
     # epoch 1 sets the first best; every later one is no better, and patience 0 halves the rate straight away
     assert [h["lr"] for h in history] == pytest.approx([1e-5, 1e-5, 5e-6, 2.5e-6, 1.25e-6], rel=1e-12)
+
+
+def test_plateau_schedule_without_a_validation_set_watches_the_training_objective(digits_binary):
+    train, test = digits_binary
+    made = []
+
+    def plateau(opt):
+        made.append(RecordingPlateau(opt, factor=0.5, patience=0))
+        return made[-1]
+
+    history = pv.fit(small_vae(), train, test=test, epochs=3, lr=3e-3, progress=False, scheduler=plateau)
+    assert made[0].fed == [-h["train_elbo"] for h in history]   # the test set that is scored is never read
 
 
 def test_resume_with_a_schedule_is_exact(digits_binary, tmp_path):
@@ -234,8 +251,8 @@ def test_resuming_a_scheduled_run_with_another_rate_is_refused(digits_binary, tm
 
 # --- early stopping -------------------------------------------------------------------------------
 
-# 32 training digits and a large rate: the test ELBO levels off after a dozen epochs
-EARLY = dict(epochs=40, batch_size=32, lr=0.03, seed=0, progress=False, eval_samples=0, pictures=False)
+# 32 training digits and a large rate: the validation ELBO levels off after a dozen epochs
+EARLY = dict(epochs=40, batch_size=32, lr=0.04, seed=0, progress=False, eval_samples=0, pictures=False)
 PATIENCE = 2
 
 
@@ -243,14 +260,14 @@ def _early_stopped(digits, run, **options):
     train, test = digits
     pyro.set_rng_seed(0)
     vae = small_vae()
-    history = pv.fit(vae, train.subset(range(32)), test=test, checkpoint_dir=run, early_stopping=PATIENCE,
+    history = pv.fit(vae, train.subset(range(32)), validation=test, checkpoint_dir=run, early_stopping=PATIENCE,
                      **{**EARLY, **options})
     return vae, history
 
 
 def _best(history):
-    """The epoch of the best test ELBO, the first one if several tie (only a better one counts)."""
-    elbos = [h["test_elbo"] for h in history]
+    """The epoch of the best validation ELBO, the first one if several tie (only a better one counts)."""
+    elbos = [h["validation_elbo"] for h in history]
     return elbos.index(max(elbos)) + 1
 
 
@@ -259,12 +276,12 @@ def test_early_stopping_stops_after_patience_and_ends_with_the_best_weights(digi
     vae, history = _early_stopped(digits_binary, run)
     best = _best(history)
     assert len(history) < EARLY["epochs"]
-    assert len(history) == best + PATIENCE   # stopped after PATIENCE epochs without a better test ELBO
+    assert len(history) == best + PATIENCE   # stopped after PATIENCE epochs without a better validation ELBO
     # each record names the best epoch so far
     assert [h["best_epoch"] for h in history] == [_best(history[:i]) for i in range(1, len(history) + 1)]
 
     saved = load_checkpoint(run / "best.pt", best=True)
-    assert saved["epoch"] == best and saved["test_elbo"] == history[best - 1]["test_elbo"]
+    assert saved["epoch"] == best and saved["validation_elbo"] == history[best - 1]["validation_elbo"]
     assert _same_weights(_weights(vae), saved["model"])
     last = load_checkpoint(run / "checkpoint.pt")
     assert last["epoch"] == len(history) and not _same_weights(_weights(vae), last["model"])
@@ -274,9 +291,9 @@ def test_early_stopping_stops_after_patience_and_ends_with_the_best_weights(digi
     # a folder too: see test_saving_to_a_folder_leaves_the_random_stream_alone)
     pyro.set_rng_seed(0)
     again = small_vae()
-    replay = pv.fit(again, digits_binary[0].subset(range(32)), test=digits_binary[1], checkpoint_dir=tmp_path / "b",
-                    **{**EARLY, "epochs": best})
-    assert [h["test_elbo"] for h in replay] == [h["test_elbo"] for h in history[:best]]
+    replay = pv.fit(again, digits_binary[0].subset(range(32)), validation=digits_binary[1],
+                    checkpoint_dir=tmp_path / "b", **{**EARLY, "epochs": best})
+    assert [h["validation_elbo"] for h in replay] == [h["validation_elbo"] for h in history[:best]]
     assert _same_weights(_weights(again), _weights(vae))
 
     loaded, _, state = pv.load_run(run)   # best.pt by default
@@ -292,7 +309,7 @@ def test_resuming_a_run_that_stopped_trains_nothing_more(digits_binary, tmp_path
     last = (run / "checkpoint.pt").read_bytes()
     pyro.set_rng_seed(1)   # other starting weights, which the resumed run must replace
     again = small_vae()
-    resumed = pv.fit(again, digits_binary[0].subset(range(32)), test=digits_binary[1], checkpoint_dir=run,
+    resumed = pv.fit(again, digits_binary[0].subset(range(32)), validation=digits_binary[1], checkpoint_dir=run,
                      resume=True, early_stopping=PATIENCE, **{**EARLY, "epochs": 60})
     assert resumed == history
     assert (run / "checkpoint.pt").read_bytes() == last
@@ -300,11 +317,40 @@ def test_resuming_a_run_that_stopped_trains_nothing_more(digits_binary, tmp_path
     assert pv.load_run(run)[2]["epoch"] == best
 
 
-def test_early_stopping_without_a_test_set_is_a_one_line_error(digits_binary, tmp_path):
+@pytest.mark.parametrize("test", [False, True])
+def test_early_stopping_without_a_validation_set_is_a_one_line_error(digits_binary, tmp_path, test):
+    # a test set alone is not enough: early stopping on it would select on the images that are then scored
     with pytest.raises(pv.ConfigError) as error:
-        pv.fit(small_vae(), digits_binary[0], epochs=2, early_stopping=3, progress=False, checkpoint_dir=tmp_path)
-    assert "test" in str(error.value) and "\n" not in str(error.value)
+        pv.fit(small_vae(), digits_binary[0], test=digits_binary[1] if test else None, epochs=2, early_stopping=3,
+               progress=False, checkpoint_dir=tmp_path)
+    assert "validation" in str(error.value) and "\n" not in str(error.value)
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_early_stopping_reads_only_the_validation_split(digits_binary, tmp_path):
+    """Swapping the test set for other images, or dropping it, changes nothing of the run but its test
+    ELBOs: the epochs trained, the best epoch (the validation ELBO's) and the final weights are the same."""
+    train, test = digits_binary
+    keep, held = pv.data.validation_split(len(train), 150, train.labels)
+    train, validation = train.subset(keep[:64]), train.subset(held)
+    noise = pv.data.from_tensor(torch.rand(150, *train.image_shape, generator=torch.Generator().manual_seed(3)),
+                                binarize="static")
+    runs = []
+    for scored in (test, noise, None):
+        pyro.set_rng_seed(0)
+        vae = small_vae()
+        history = pv.fit(vae, train, test=scored, validation=validation, early_stopping=PATIENCE,
+                         **{**EARLY, "lr": 0.05})
+        runs.append((history, _weights(vae)))
+    (first, weights), *others = runs
+    assert len(first) < EARLY["epochs"] and len(first) == _best(first) + PATIENCE
+    assert first[-1]["best_epoch"] == _best(first)
+    assert [h["test_elbo"] for h in first] != [h["test_elbo"] for h in others[0][0]]   # other images were scored
+    drop = ("test_elbo", "seconds")
+    for history, other in others:
+        assert [{k: v for k, v in h.items() if k not in drop} for h in history] == \
+            [{k: v for k, v in h.items() if k not in drop} for h in first]
+        assert _same_weights(other, weights)
 
 
 def test_saving_to_a_folder_leaves_the_random_stream_alone(digits_binary, tmp_path):
