@@ -126,7 +126,7 @@ def test_covariates_reach_model_guide_and_scores(with_brightness, tmp_path):
     report = pv.evaluate.report(vae, test, num_samples=20)
     assert report["quantity"] == "log p(x|covariates)" and report["log_likelihood"] > report["elbo"] - 1.0
     # the covariate is used: another covariate gives another likelihood
-    shifted = pv.data.from_tensor(test.images, covariates=test.covariates + 3.0, binarize="none")
+    shifted = pv.data.from_tensor(test.images, covariates=test.covariates + 10.0, binarize="none")
     shifted.binarize, shifted.images = test.binarize, test.images
     assert pv.evaluate.elbo(vae, shifted)["elbo"] < report["elbo"] - 1.0
     with torch.no_grad():
