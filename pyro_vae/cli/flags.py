@@ -156,6 +156,7 @@ def _positive(kind, limit=None):
 
 
 _non_negative_int = _number(int, allow_zero=True)
+_non_negative_float = _number(float, allow_zero=True)
 
 
 def _validation(value):
@@ -166,7 +167,6 @@ def _validation(value):
     if not 0 < number < 1:
         raise argparse.ArgumentTypeError(f"expected a number of images or a fraction in (0, 1), got {value[:40]!r}")
     return number
-_non_negative_float = _number(float, allow_zero=True)
 
 
 def _seed(value):

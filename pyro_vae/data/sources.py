@@ -15,7 +15,6 @@ import gzip
 import os
 
 import numpy as np
-import torch
 
 from ..errors import DataError, DownloadError
 from .arrays import load_numpy
@@ -228,10 +227,9 @@ def load(name="mnist5k", data_dir=None, binarize="none", test_binarize=None, see
     held = None
     if validation is not None:
         keep, held = validation_split(len(arrays.train_images), validation, arrays.train_labels)
-        held = _Splits(*(_rows(v, held) for v in arrays[:2]), None, None, _rows(arrays.train_covariates, held))
-        arrays = arrays._replace(train_images=_rows(arrays.train_images, keep),
-                                 train_labels=_rows(arrays.train_labels, keep),
-                                 train_covariates=_rows(arrays.train_covariates, keep))
+        carved = {key: getattr(arrays, key) for key in ("train_images", "train_labels", "train_covariates")}
+        arrays = arrays._replace(**{key: take(values, keep) for key, values in carved.items()})
+        held = {key: take(values, held) for key, values in carved.items()}
     train = ImageDataset(arrays.train_images, arrays.train_labels, binarize=binarize, seed=seed,
                          name=f"{name}/train", covariates=arrays.train_covariates, classes=arrays.classes)
     # the test set's binarization does not follow the training seed: runs with different seeds are
@@ -241,14 +239,7 @@ def load(name="mnist5k", data_dir=None, binarize="none", test_binarize=None, see
     if held is None:
         return train, test
     # scored like the test set: a fixed binarization that follows neither the training seed nor the test's
-    validation = ImageDataset(held.train_images, held.train_labels, binarize=test_binarize,
+    validation = ImageDataset(held["train_images"], held["train_labels"], binarize=test_binarize,
                               seed=_VALIDATION_SEED, name=f"{name}/validation",
-                              covariates=held.train_covariates, classes=arrays.classes)
+                              covariates=held["train_covariates"], classes=arrays.classes)
     return train, validation, test
-
-
-def _rows(values, index):
-    """``values`` (array, tensor, list or None) at the integer positions ``index``."""
-    if isinstance(values, torch.Tensor):
-        return values[torch.as_tensor(index)]
-    return take(values, index)

@@ -33,9 +33,13 @@ def fixed_split(count, train_count):
 
 
 def take(values, index):
-    """``values`` (a list or an array, or None) at the integer positions ``index``."""
-    if values is None or isinstance(values, np.ndarray):
-        return None if values is None else values[index]
+    """``values`` (a list, an array, a tensor, or None) at the integer positions ``index``."""
+    if values is None:
+        return None
+    if isinstance(values, torch.Tensor):
+        return values[torch.as_tensor(index)]
+    if isinstance(values, np.ndarray):
+        return values[index]
     return [values[i] for i in index]
 
 

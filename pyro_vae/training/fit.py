@@ -133,9 +133,9 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
         ELBO is computed after every epoch (``validation_elbo``) and is what early stopping and plateau
         schedules watch, so the test set is only scored. config.json records its size.
     :returns: list of dicts, one per epoch: ``epoch``, ``train_elbo`` and ``test_elbo`` (nats per
-        datapoint; ``test_elbo`` is ``None`` without a test set) and ``seconds`` (plus what hooks add, e.g.
-        ``lr`` with a schedule). With ``beta != 1`` the ``train_elbo`` entry is the weighted training
-        objective, ``test_elbo`` the true ELBO.
+        datapoint; ``test_elbo`` is ``None`` without a test set), ``validation_elbo`` with ``validation``,
+        and ``seconds`` (plus what hooks add, e.g. ``lr`` with a schedule). With ``beta != 1`` the
+        ``train_elbo`` entry is the weighted training objective, ``test_elbo`` the true ELBO.
 
     Pyro's global param store is cleared at the start: the parameters live in ``vae`` itself, and the torch
     optimizer updates them there. So while ``fit`` trains, ``vae.register_params`` is off (``model``/``guide``
