@@ -82,6 +82,8 @@ def train_peer(train, epochs, seed, device):
     return peer
 
 
+#: ``pv.presets.build("best")`` / ``pyro-vae train --preset best`` (its epochs are ``--epochs``'s)
+BEST = "best (--preset best)"
 #: what ``pyro-vae train --lr-schedule cosine --early-stopping 10 --tensorboard`` does
 SCHEDULED = "default + cosine + early stopping"
 
@@ -111,6 +113,13 @@ def configurations(epochs=100, validation=None, log_dir=None, patience=10):
         "pyro_vae conv": (lambda shape: pv.VAE(
             image_shape=shape, latent_dim=32,
             encoder=pv.networks.ConvEncoder(shape, 32), decoder=pv.networks.ConvDecoder(shape, 32)), {}),
+        "hvae iwae5": (lambda shape: pv.extended.HierarchicalVAE(image_shape=shape),
+                       {"loss": RenyiELBO(alpha=0, num_particles=5, vectorize_particles=True, max_plate_nesting=1)}),
+        "hvae ladder iwae5": (lambda shape: pv.extended.HierarchicalVAE(image_shape=shape, inference="ladder"),
+                              {"loss": RenyiELBO(alpha=0, num_particles=5, vectorize_particles=True,
+                                                 max_plate_nesting=1)}),
+        BEST: (lambda shape: pv.presets.build("best", shape)[0],
+               {**{k: v for k, v in pv.presets.build("best")[1].items() if k != "epochs"}, "validation": validation}),
         SCHEDULED: (lambda shape: pv.VAE(image_shape=shape),
                     {"validation": validation, "scheduler": cosine, "early_stopping": patience,
                      "hooks": [pv.hooks.TensorBoard(log_dir)] if log_dir is not None else []}),
@@ -133,7 +142,8 @@ def summarize(rows):
 
 def score(vae, test, num_samples):
     return {"test_elbo": pv.evaluate.elbo(vae, test)["elbo"],
-            "log_px": pv.evaluate.log_likelihood(vae, test, num_samples=num_samples)}
+            "log_px": pv.evaluate.log_likelihood(vae, test, num_samples=num_samples),
+            "active_units": pv.evaluate.active_units(vae, test) if isinstance(vae, pv.VAE) else None}
 
 
 def main(argv=None):
@@ -171,7 +181,7 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown configuration {unknown[0]!r}; known: {', '.join(configurations())}")
     held = args.validation if args.validation is not None else (
-        pv.data.VALIDATION_FRACTION if SCHEDULED in chosen else None)
+        pv.data.VALIDATION_FRACTION if SCHEDULED in chosen or BEST in chosen else None)
     if held is not None and held >= 1:
         held = int(held)
     if args.limit:   # the smoke run: the first images, then the split carved from them
@@ -218,7 +228,8 @@ def main(argv=None):
             history = pv.fit(vae, train, epochs=args.epochs, seed=seed, device=device, progress=False, **fit_kwargs)
             seconds = time.perf_counter() - started
             row = {"config": name, "seed": seed, "seconds": seconds, "epochs_trained": len(history)}
-            if "early_stopping" in fit_kwargs:   # fit returned the best epoch's weights: those are scored
+            # fit returned the best epoch's weights: those are scored
+            if "early_stopping" in fit_kwargs and "best_epoch" in history[-1]:
                 row["best_epoch"] = history[-1]["best_epoch"]
                 row["best_epoch_validation_elbo"] = history[row["best_epoch"] - 1]["validation_elbo"]
             if "lr" in history[-1]:

@@ -27,7 +27,8 @@ _MODULES = {"checks": "checks", "cli": "cli", "data": "data", "errors": "errors"
             "model": "models.vae", "adapter": "models.wrapped", "contract": "models.contract",
             "diagnostics": "evaluate.diagnostics", "quality": "evaluate.quality",
             "estimators": "inference.estimators", "fast": "inference.replay",
-            "hooks": "training.hooks", "train": "training.fit", "distributed": "training.processes",
+            "hooks": "training.hooks", "train": "training.fit",
+            "presets": "training.presets", "distributed": "training.processes",
             "checkpoint": "runs", "plots": "viz.figures", "explorer": "viz.explorer",
             "util": "checks"}
 #: name -> the module that defines it
@@ -37,7 +38,7 @@ _NAMES = {"VAE": "models.vae", "build_vae": "models.registry", "fit": "training.
           "ConfigError": "errors", "CheckpointError": "errors", "TrainingError": "errors"}
 
 __all__ = list(_NAMES) + ["data", "diagnostics", "estimators", "evaluate", "extended", "hooks", "likelihoods",
-                          "networks", "plots", "posteriors", "priors", "quality"]
+                          "networks", "plots", "posteriors", "presets", "priors", "quality"]
 
 
 class _ShortNames(importlib.abc.MetaPathFinder):

@@ -24,7 +24,9 @@ def _load(path):
 SMOKE_ARGS = {
     "speed.py": ["--batch-sizes", "64", "--limit", "128"],
     "quality.py": ["--dataset", "digits", "--epochs", "1", "--limit", "120", "--test-limit", "60", "--seeds", "0", "1",
-                   "--configs", "pyro_vae default", "vamp", "iwae5", "iaf", "default + cosine + early stopping"],
+                   "--configs", "pyro_vae default", "vamp", "iwae5", "iaf", "default + cosine + early stopping",
+                   "hvae iwae5", "hvae ladder iwae5", "best (--preset best)"],
+    "small_data_run.py": ["smoke", "2", "0", "model=h", "inf=ladder", "iw=2", "shift=1", "es=5", "vamp=10"],
     "loglik.py": [],
     "m2_accuracy.py": [],
     "eval_cost.py": [],
@@ -63,12 +65,17 @@ def test_benchmark_smoke(name, tmp_path, monkeypatch, capsys):
         assert result["test_size"] == 60 and set(result["summary"]) == configs
         assert all(s["seeds"] == 2 and s["log_px_sd"] >= 0 for s in result["summary"].values())
         assert "mean +- sd over seeds" in printed
+        best = [row for row in result["rows"] if row["config"] == "best (--preset best)"]
+        assert len(best) == 2 and all(row["best_epoch"] == 1 and row["active_units"] >= 0 for row in best)
         scheduled = [row for row in result["rows"] if row["config"] == "default + cosine + early stopping"]
         assert len(scheduled) == 2 and all(row["epochs_trained"] == 1 and row["best_epoch"] == 1
                                            and row["last_lr"] == 1e-3 for row in scheduled)
         # early stopping watched 12 of the 120 training images held out, never the 60 test images
         assert result["validation_size"] == 12 and result["train_size"] == 108
         assert all(isinstance(row["best_epoch_validation_elbo"], float) for row in scheduled)
+    elif name == "small_data_run.py":   # one row: the ladder model, its KL per layer
+        assert set(result["kl"]) == set(result["used"]) == {"z1", "z2"}
+        assert result["log_px"] >= result["test_elbo"] - 2.0 and result["epochs"] <= 2
     elif name == "diagnostics.py":
         rows = {row["config"]: row for row in result["rows"]}
         assert set(rows) == {"default", "iwae5-dreg"} and "--gradient" in rows["iwae5-dreg"]["command"]

@@ -33,7 +33,7 @@ import warnings
 import pyro_vae as pv
 
 from .common import Interrupted, Terminated, error_path
-from .flags import build_parser
+from .flags import build_parser, with_preset
 from .train import cmd_train
 from .trained import cmd_evaluate, cmd_explore, cmd_sample
 
@@ -121,7 +121,7 @@ def main(argv=None):
     args = None
     try:
         parser = _build_parser_holding_signals()
-        args = parser.parse_args(argv)
+        args = with_preset(parser, parser.parse_args(argv), argv)
         return COMMANDS[args.command](args)
     except pv.PyroVAEError as e:
         if args is not None and args.debug:

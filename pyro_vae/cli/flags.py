@@ -197,6 +197,9 @@ def build_parser():
     train.add_argument("--data-dir", default=None,
                        help=f"where {', '.join(DOWNLOADED)} are downloaded (default ~/.cache/pyro_vae), or the "
                             f"folder of IDX files for --dataset idx")
+    train.add_argument("--preset", type=_choice(pv.presets.RECIPES, "preset"), default=None,
+                       help="a named recipe that sets the other flags' defaults (flags you give still win): best "
+                            f"= {pv.presets.describe('best')}, measured in benchmarks/README.md; default = none")
     train.add_argument("--latent-dim", type=_positive(int, u.MAX_LATENT_DIM), default=50)
     train.add_argument("--prior", type=_choice(PRIORS, "prior"), default="standard", help=", ".join(PRIORS))
     train.add_argument("--num-components", type=_positive(int, u.MAX_COMPONENTS), default=None,
@@ -263,6 +266,9 @@ def build_parser():
                             "schedule, stratified by label and fixed for the dataset; default "
                             f"{pv.data.VALIDATION_FRACTION:g} with --early-stopping or --lr-schedule plateau, "
                             "else 0 (none); the test set is only scored")
+    train.add_argument("--augment", type=_number(int, allow_zero=True, limit=pv.data.MAX_SHIFT), default=0,
+                       metavar="PIXELS", help="data augmentation: move every training image by a random offset of "
+                                              "up to PIXELS per axis, fresh each epoch (default 0: off)")
     train.add_argument("--clip-norm", type=_positive(float), default=None, help="clip gradient norm")
     train.add_argument("--seed", type=_seed, default=0)
     train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
@@ -308,4 +314,13 @@ def build_parser():
                              help="the model class of a run trained from Python with a class of your own: "
                                   "module:Class (a module in the current folder or on sys.path) or "
                                   "path/to/file.py:Class; imported from this flag only, never from the run's files")
+    parser.train_parser = train   # for with_preset
     return parser
+
+
+def with_preset(parser, args, argv=None):
+    """``args`` re-read with ``--preset``'s recipe as the train command's defaults (the flags given win)."""
+    if getattr(args, "preset", None) is None:
+        return args
+    parser.train_parser.set_defaults(**pv.presets.RECIPES[args.preset])
+    return parser.parse_args(argv)

@@ -270,6 +270,8 @@ def cmd_train(args):
               f"on {processes.device}; writing {out}")
     run_info = {"data": data_info, "cli": sys.argv[1:], "model": args.model, "objective": objective,
                 "labels": args.labels if args.model == "m2" else None}
+    if args.preset is not None:
+        run_info["preset"] = args.preset
     if args.resume and args.lr_schedule == "cosine":   # also checked by fit (issue 20)
         saved = RunFolder(out, main=False)
         epochs = saved.config().get("fit", {}).get("epochs") if saved.has(CONFIG) else None
@@ -286,7 +288,7 @@ def cmd_train(args):
                progress=not args.no_progress, clip_norm=args.clip_norm, loss=loss, beta=args.beta,
                warmup=args.warmup, distributed=args.distributed, run_info=run_info, scheduler=_schedule(args),
                early_stopping=args.early_stopping, compile=_step_request(args), eval_samples=args.eval_samples,
-               hooks=hooks, validation=validation)
+               hooks=hooks, validation=validation, augment=args.augment)
     except Terminated:
         raise Terminated(_saved_epochs(args, out)) from None
     except KeyboardInterrupt:

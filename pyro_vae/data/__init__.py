@@ -4,7 +4,8 @@ Where each job lives: :mod:`.dataset` (:class:`ImageDataset`, :func:`from_tensor
 :mod:`.sources` (:func:`load`: the bundled, offline and downloaded datasets, and a user's files by path),
 :mod:`.idx` (MNIST-style IDX files), :mod:`.folders` (where the images of a folder are) and :mod:`.images`
 (decoding them through Pillow), :mod:`.arrays` (NumPy files), :mod:`.splits` (the fixed train/test splits),
-:mod:`.labels` (keeping a few labels), and :mod:`.limits` (the bounds the readers keep to).
+:mod:`.labels` (keeping a few labels), :mod:`.augment` (random shifts of training batches), and
+:mod:`.limits` (the bounds the readers keep to).
 
 Files are read with bounded memory: an IDX or NumPy header that declares more than :data:`MAX_DATA_BYTES`
 of data (NumPy arrays: as they will be held, images as float32), image headers (read through Pillow) that
@@ -15,6 +16,7 @@ read.
 """
 
 from .arrays import load_numpy
+from .augment import MAX_SHIFT, random_shifts
 from .dataset import BINARIZATIONS, ImageDataset, from_tensor
 from .folders import IMAGE_EXTENSIONS, find_classes, find_images
 from .idx import IDX_FILES, find_idx_files, load_idx_folder, read_idx
@@ -33,10 +35,12 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "MAX_DATA_BYTES",
     "MAX_IMAGE_FILES",
+    "MAX_SHIFT",
     "VALIDATION_FRACTION",
     "ImageDataset",
     "ImageFolderData",
     "find_classes",
+    "random_shifts",
     "find_idx_files",
     "find_images",
     "from_tensor",

@@ -14,6 +14,7 @@ import torch
 
 from ..checks import positive_int
 from ..errors import ConfigError, DataError
+from .augment import check_shift, random_shifts
 
 __all__ = ["BINARIZATIONS", "ImageDataset", "from_tensor", "check_binarize", "check_class_labels",
            "validate_images", "validate_covariates"]
@@ -211,7 +212,7 @@ class ImageDataset:
 
     Attributes: ``images`` float32 tensor (N, C, H, W); ``labels`` int64 tensor (N,) or ``None``;
     ``covariates`` float32 tensor (N, D) or ``None``; ``classes`` tuple of str or ``None``; ``binarize``;
-    ``name``.
+    ``name``; ``shift``, the augmentation of shuffled batches (0: none; see :meth:`augmented`).
     """
 
     def __init__(self, images, labels=None, binarize="none", seed=0, name="array", covariates=None,
@@ -237,13 +238,28 @@ class ImageDataset:
         self.name = name
         self.covariates = covariates
         self.classes = classes
+        self.shift = 0
 
     @classmethod
-    def _wrap(cls, images, labels, binarize, name, covariates=None, classes=None):
+    def _wrap(cls, images, labels, binarize, name, covariates=None, classes=None, shift=0):
         """Build a dataset from already validated (and, if static, already binarized) tensors."""
         dataset = cls.__new__(cls)
         dataset._set(images, labels, binarize, name, covariates, classes)
+        dataset.shift = shift
         return dataset
+
+    def augmented(self, shift):
+        """The same images, with every *shuffled* batch translated at random by up to ``shift`` pixels.
+
+        Training (:func:`~pyro_vae.fit`, which shuffles) sees every image moved by a fresh offset in
+        ``{-shift, ..., shift}`` per axis each time it is drawn (before dynamic binarization); in-order
+        iteration (``shuffle=False``: scoring, pictures) sees the images as they are. ``shift=0`` turns it off.
+
+        :param int shift: the largest offset in pixels, 0 to :data:`~pyro_vae.data.augment.MAX_SHIFT`.
+        :rtype: ImageDataset
+        """
+        return self._wrap(self.images, self.labels, self.binarize, self.name, self.covariates, self.classes,
+                          check_shift(shift))
 
     def __len__(self):
         return self.images.shape[0]
@@ -273,7 +289,8 @@ class ImageDataset:
         """
         labels = None if self.labels is None else self.labels.to(device)
         covariates = None if self.covariates is None else self.covariates.to(device)
-        return self._wrap(self.images.to(device), labels, self.binarize, self.name, covariates, self.classes)
+        return self._wrap(self.images.to(device), labels, self.binarize, self.name, covariates, self.classes,
+                          self.shift)
 
     def subset(self, indices):
         """Return the images at ``indices`` as a new dataset (static binarization is kept, not redrawn).
@@ -294,7 +311,7 @@ class ImageDataset:
             raise DataError(f"subset of {self.name!r} is empty; pass at least one index")
         labels = None if self.labels is None else self.labels[index]
         covariates = None if self.covariates is None else self.covariates[index]
-        return self._wrap(images, labels, self.binarize, self.name, covariates, self.classes)
+        return self._wrap(images, labels, self.binarize, self.name, covariates, self.classes, self.shift)
 
     def _shard_size(self, shard):
         if shard is None:
@@ -335,7 +352,8 @@ class ImageDataset:
             (as ``torch.utils.data.DistributedSampler`` does).
         :param bool with_covariates: yield ``(x, y, c)`` triples instead of ``(x, y)`` pairs.
         :return: iterator of ``(x, y)``, or ``(x, y, c)`` with ``with_covariates``: ``x`` float32 of shape
-            (B, C, H, W), resampled to 0/1 for dynamic binarization; ``y`` int64 of shape (B,), or ``None``
+            (B, C, H, W), shifted at random when shuffled with :attr:`shift` > 0 (:meth:`augmented`),
+            resampled to 0/1 for dynamic binarization; ``y`` int64 of shape (B,), or ``None``
             without labels; ``c`` float32 of shape (B, D), or ``None`` without covariates. ``y`` and ``c``
             are taken at the same indices as ``x``, shuffled and sharded alike.
         """
@@ -359,6 +377,8 @@ class ImageDataset:
         for start in range(0, stop, batch_size):
             index = order[start : start + batch_size]
             x = self.images[index]
+            if shuffle and self.shift:
+                x = random_shifts(x, self.shift)
             if self.binarize == "dynamic":
                 x = torch.bernoulli(x)
             y = None if self.labels is None else self.labels[index]

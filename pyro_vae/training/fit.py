@@ -37,6 +37,7 @@ from .steps import JIT_ELBOS, REPLAY_CHECK_IMAGES, StepChoice, choose_step, need
 from ..errors import CheckpointError, ConfigError
 from ..models.registry import build_vae
 from ..checks import forked_rng, positive_int, positive_number
+from ..data.augment import check_shift
 
 # choose_step, JIT_ELBOS, REPLAY_CHECK_IMAGES (training.steps) and resolve_device (training.processes) are
 # part of this module's interface (pv.train) since before they moved
@@ -55,7 +56,7 @@ class RebuildWarning(UserWarning):
 def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, optimizer=None, seed=0,
         device="auto", checkpoint_dir=None, resume=False, overwrite=False, callback=None, progress=True,
         clip_norm=None, beta=1.0, warmup=0, distributed=False, run_info=None, hooks=(), scheduler=None,
-        early_stopping=None, compile=None, eval_samples=None, pictures=True, validation=None):
+        early_stopping=None, compile=None, eval_samples=None, pictures=True, validation=None, augment=0):
     """Train ``vae`` by stochastic variational inference and return its per-epoch history.
 
     :param vae: a :class:`~pyro_vae.VAE`, a subclass, or a Pyro pair wrapped by :func:`~pyro_vae.wrap`:
@@ -132,6 +133,9 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
     :param validation: optional dataset held out from training (``pv.data.load(..., validation=N)``): its
         ELBO is computed after every epoch (``validation_elbo``) and is what early stopping and plateau
         schedules watch, so the test set is only scored. config.json records its size.
+    :param int augment: translate every training image by a random offset of up to this many pixels per axis,
+        drawn afresh each time it is drawn (``train.augmented(augment)``, :mod:`pyro_vae.data.augment`);
+        0 (default) trains on the images as they are. Scoring is never augmented. config.json records it.
     :returns: list of dicts, one per epoch: ``epoch``, ``train_elbo`` and ``test_elbo`` (nats per
         datapoint; ``test_elbo`` is ``None`` without a test set), ``validation_elbo`` with ``validation``,
         and ``seconds`` (plus what hooks add, e.g. ``lr`` with a schedule). With ``beta != 1`` the
@@ -152,10 +156,12 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
     contract = check_model(vae, train, loss=loss)
     loss = loss if loss is not None else default_loss(contract)
     eval_samples = EVAL_SAMPLES if eval_samples is None else eval_samples
+    train = augmented(train, augment)
     settings = FitSettings.check(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, clip_norm=clip_norm,
                                  beta=beta, warmup=warmup, loss=loss, scheduler=scheduler, validation=validation,
                                  early_stopping=early_stopping, eval_samples=eval_samples, resume=resume,
                                  overwrite=overwrite, checkpoint_dir=checkpoint_dir, compile=compile)
+    settings.augment = getattr(train, "shift", 0) or None
     trainer = Trainer(vae, train, test, settings, parallel.processes(distributed, device), loss, optimizer, contract,
                       validation=validation)
     trainer.hooks = hooks_module.Hooks(standard_hooks(settings, checkpoint_dir, progress, callback, eval_samples,
@@ -186,6 +192,17 @@ def fit(vae, train, test=None, epochs=10, batch_size=128, lr=1e-3, loss=None, op
     finally:
         trainer.close()
     return trainer.history
+
+
+def augmented(train, augment):
+    """``train`` with random shifts of up to ``augment`` pixels (:meth:`ImageDataset.augmented`), or as it is
+    (``augment=0``: a dataset made with ``.augmented(n)`` keeps its own shift)."""
+    if augment == 0 and not isinstance(augment, bool):
+        return train
+    if not callable(getattr(train, "augmented", None)):
+        raise ConfigError(f"augment={augment!r} needs a pyro_vae ImageDataset (pv.data.load or pv.data.from_tensor), "
+                          f"got {type(train).__name__}; drop augment")
+    return train.augmented(check_shift(augment, "augment"))
 
 
 def check_dataset(role, data):
@@ -227,6 +244,7 @@ class FitSettings:
     scheduler: str = None
     early_stopping: int = None
     validation: int = None
+    augment: int = None
     compile: str = None
     step: str = None
     step_reason: str = None
@@ -297,7 +315,7 @@ class FitSettings:
         out = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
                "world_size": self.world_size, "loss": self.loss, "clip_norm": self.clip_norm, "beta": self.beta,
                "warmup": self.warmup}
-        for key in ("scheduler", "early_stopping", "validation", "compile", "step", "step_reason"):
+        for key in ("scheduler", "early_stopping", "validation", "augment", "compile", "step", "step_reason"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
