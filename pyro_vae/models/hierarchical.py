@@ -56,8 +56,9 @@ class HierarchicalVAE(VAE):
         z1_n ~ posterior(loc, scale),  1/scale**2 = 1/s**2 + 1/sigma_p**2,
                                        loc = scale**2 * (m/s**2 + mu_p/sigma_p**2)
 
-    so q(z1|x, z2) shares its top-down path with the model (:func:`precision_merge`). Why it helps, and
-    the numbers: benchmarks/README.md (quality table).
+    so q(z1|x, z2) shares its top-down path with the model (:func:`precision_merge`). Measured on mnist5k
+    (benchmarks/README.md, "Quality on small data"), without batch norm it lets z1 collapse (KL 0) and
+    scores far below the bottom-up guide: an option to study, not yet to use.
 
     ``p_z1`` and ``q_z2`` are :class:`GaussianMLP` s. Pictures use z1 (:attr:`latent_dim`,
     :meth:`encode`, :meth:`generate`); :meth:`sample` draws z2, then z1, then decodes. The guide is not
@@ -67,14 +68,13 @@ class HierarchicalVAE(VAE):
     :param tuple latent_dims: ``(dim z1, dim z2)``.
     :param int latent_dim: optional, must equal ``latent_dims[0]`` (``build_vae`` passes it).
     :param tuple latent_hidden: hidden widths of ``p_z1`` and ``q_z2``.
-
-    The defaults give z1 and the networks of the flat :class:`~pyro_vae.VAE`'s defaults (50 latents, one
-    hidden layer of 400): the earlier 512-256 networks with 32 z1 latents were what made the two-level model
-    measure worse than the flat one on mnist5k (benchmarks/README.md, the quality table).
     :param prior: p(z2).
     :param str inference: ``"bottom-up"`` or ``"ladder"``, the guide above.
 
-    Other parameters as for :class:`~pyro_vae.VAE` (encoder and decoder work on z1).
+    Other parameters as for :class:`~pyro_vae.VAE` (encoder and decoder work on z1). The defaults give z1
+    and the networks of the flat VAE's defaults (50 latents, one hidden layer of 400): the earlier 512-256
+    networks with 32 z1 latents were what made the two-level model measure worse than the flat one on
+    mnist5k (benchmarks/README.md, "Quality on small data").
     """
 
     #: pictures decode z1 (``generate``), so the latent manifold's codes are z1's

@@ -44,3 +44,12 @@ def test_cli_preset_sets_defaults_and_given_flags_win(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:   # argparse's own exit, with the one-line message
         cli.main(["train", "--preset", "fastest", "--out", str(tmp_path / "x")])
     assert stop.value.code == 2 and "unknown preset 'fastest'" in capsys.readouterr().err
+
+
+def test_a_recipe_entry_build_cannot_translate_is_refused(monkeypatch):
+    # the CLI would read "hidden" as its flag while build would drop it: the two would train different models
+    monkeypatch.setitem(pv.presets.RECIPES, "wide", {"hidden": [800], "epochs": 5})
+    with pytest.raises(pv.ConfigError, match="preset 'wide' sets hidden"):
+        pv.presets.build("wide")
+    settings = pv.presets.fit_settings("best")
+    assert set(settings) == {"epochs", "loss", "augment", "early_stopping"} and settings["loss"].num_particles == 5
